@@ -1,0 +1,53 @@
+"""Stage 2: the judge critiques and revises responses and labels preference pairs."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from constitution import load_constitution
+from flows.common import MODEL_TASK, publish
+from judges.backends import make_judge
+from judges.feedback import FeedbackConfig, critique_and_revise, label_preferences, make_pairs
+from rlaif.config import RunContext
+from rlaif.store import Store
+
+
+def _judge(ctx: RunContext, cfg: FeedbackConfig):
+    return make_judge(ctx.judge_model, ctx.judge_backend, batch_size=cfg.batch_size)
+
+
+@task(**MODEL_TASK, cache_policy=NO_CACHE)
+def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> str:
+    store = Store(ctx.data)
+    responses = store.read_part("responses", responses_path).to_pandas()
+    rows = critique_and_revise(_judge(ctx, cfg), responses, load_constitution(ctx.constitution_path), cfg)
+    return str(store.write("critiques", rows, key=f"{ctx.run_id}/critiques",
+                           lineage=ctx.lineage(judge_model=ctx.judge_model),
+                           metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
+
+
+@task(**MODEL_TASK, cache_policy=NO_CACHE)
+def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> str:
+    store = Store(ctx.data)
+    pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
+    rows = label_preferences(_judge(ctx, cfg), pairs, load_constitution(ctx.constitution_path), cfg)
+    return str(store.write("preferences", rows, key=f"{ctx.run_id}/preferences",
+                           lineage=ctx.lineage(judge_model=ctx.judge_model),
+                           metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
+
+
+@flow(name="rlaif-feedback", log_prints=True)
+def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig()) -> dict:
+    critiques = critique_task(ctx, cfg, responses_path)
+    preferences = preference_task(ctx, cfg, responses_path)
+    store = Store(ctx.data)
+    prefs = store.read_part("preferences", preferences).to_pandas()
+    n_crit = store.read_part("critiques", critiques).num_rows
+    valid = prefs[prefs["valid"]]
+    summary = {"judge/critiques": n_crit, "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
+               "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
+               "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan")}
+    publish("feedback-summary", "Feedback: critiques and preferences", summary,
+            {"critiques": critiques, "preferences": preferences})
+    return {"critiques": critiques, "preferences": preferences, **summary}

@@ -1,0 +1,49 @@
+"""Stage 1: the policy answers the training prompts, several samples each."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import MODEL_TASK, publish
+from rlaif.config import RunContext
+from rlaif.generation import GenerateConfig, generate
+from rlaif.models import load_causal_lm, load_tokenizer
+from rlaif.prompts import assert_no_eval, load_prompts
+from rlaif.store import Store
+
+
+@task(**MODEL_TASK, cache_policy=NO_CACHE)
+def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
+    prompts = load_prompts(ctx.prompts, split="train", limit=cfg.n_prompts)
+    assert_no_eval(prompts, "generate")
+    model, tok = load_causal_lm(ctx.policy_model), load_tokenizer(ctx.policy_model)
+    convs = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
+    frames = []
+    for s in range(cfg.samples_per_prompt):
+        seed = cfg.seed + 7919 * s
+        gens = generate(model, tok, convs, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                        batch_size=cfg.batch_size, desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})")
+        frames.append(pd.DataFrame({
+            "prompt_id": prompts["prompt_id"], "split": prompts["split"], "prompt": prompts["prompt"],
+            "response_id": [f"{pid}/s{s}" for pid in prompts["prompt_id"]], "sample_idx": s,
+            "response": [g.text for g in gens], "n_tokens": [g.n_tokens for g in gens],
+            "has_eos": [g.has_eos for g in gens], "temperature": cfg.temperature, "seed": seed,
+        }))
+    path = Store(ctx.data).write("responses", pd.concat(frames, ignore_index=True),
+                                 key=f"{ctx.run_id}/responses", lineage=ctx.lineage(),
+                                 metadata={"config": cfg.model_dump()})
+    return str(path)
+
+
+@flow(name="rlaif-generate", log_prints=True)
+def generate_flow(ctx: RunContext, cfg: GenerateConfig = GenerateConfig()) -> dict:
+    path = generate_responses(ctx, cfg)
+    df = Store(ctx.data).read_part("responses", path).to_pandas()
+    summary = {"generate/responses": len(df), "generate/prompts": df["prompt_id"].nunique(),
+               "generate/mean_tokens": float(df["n_tokens"].mean()),
+               "generate/eos_fraction": float(df["has_eos"].mean())}
+    publish("generate-summary", "Generate: policy responses", summary, {"responses": path})
+    return {"responses": path, **summary}

@@ -1,0 +1,97 @@
+"""The parent flow: generate -> feedback -> reward model -> PPO -> evaluate, as subflows."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from constitution import load_constitution
+from constitution.loader import resolve_path
+from flows.common import fmt
+from flows.evaluate import evaluate_flow
+from flows.feedback import feedback_flow
+from flows.generate import generate_flow
+from flows.train import ppo_flow, reward_flow
+from rlaif.config import PipelineConfig, RunContext, new_run_id
+from rlaif.models import resolve_model
+from rlaif.paths import checkpoint_dir, report_dir
+from rlaif.prompts import load_prompts
+
+HEADLINE = {
+    "pairs labelled": ("feedback", "judge/valid_pairs"),
+    "position consistency": ("feedback", "judge/position_consistency"),
+    "reward model held-out accuracy": ("reward", "rm/accuracy"),
+    "PPO score (last step)": ("ppo", "objective/scores"),
+    "PPO KL (last step)": ("ppo", "objective/kl"),
+    "PPO RLHF reward (last step)": ("ppo", "objective/rlhf_reward"),
+    "held-out win rate vs reference": ("evaluate", "eval/win_rate"),
+}
+
+
+@task
+def prepare_run(config: PipelineConfig) -> RunContext:
+    """Fail fast on bad inputs before any model work: constitution, prompts, models."""
+    constitution = load_constitution(config.constitution)
+    load_prompts(config.prompts, split="train")
+    load_prompts(config.prompts, split="eval")
+    for name in {config.policy_model, config.judge_model}:
+        resolve_model(name)
+    return RunContext(
+        run_id=config.run_id or new_run_id(), data=str(config.data),
+        constitution_path=str(resolve_path(config.constitution).resolve()),
+        constitution_sha=constitution.sha, prompts=config.prompts,
+        policy_model=config.policy_model, judge_model=config.judge_model,
+        judge_backend=config.judge_backend,
+    )
+
+
+def headline(stages: dict) -> dict:
+    return {label: stages[stage].get(key, float("nan")) for label, (stage, key) in HEADLINE.items()}
+
+
+@task
+def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
+    lines = [
+        f"# RLAIF run `{ctx.run_id}`", "",
+        f"- constitution: **{constitution_name}** (`{ctx.constitution_path}`)",
+        f"- constitution_sha: `{ctx.constitution_sha}`",
+        f"- policy / reference: `{ctx.policy_model}`; judge: `{ctx.judge_model}` ({ctx.judge_backend})",
+        f"- finished: {datetime.now(timezone.utc).isoformat(timespec='seconds')}", "",
+        "## Headline", "", "| | |", "|---|---|",
+        *[f"| {k} | {fmt(v)} |" for k, v in headline(stages).items()],
+    ]
+    for stage, result in stages.items():
+        lines += ["", f"## {stage}", "", "| | |", "|---|---|",
+                  *[f"| `{k}` | {fmt(v)} |" for k, v in result.items()]]
+    markdown = "\n".join(lines) + "\n"
+    out = report_dir(ctx.data, ctx.run_id) / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".report.md.tmp")
+    tmp.write_text(markdown)
+    os.replace(tmp, out)
+    create_markdown_artifact(key="pipeline-report", markdown=markdown, description=f"run {ctx.run_id}")
+    return str(out)
+
+
+@flow(name="rlaif-pipeline", log_prints=True)
+def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    ctx = prepare_run(config)
+    stages: dict[str, dict] = {}
+    stages["generate"] = generate_flow(ctx, config.generate)
+    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    stages["reward"] = reward_flow(ctx, stages["feedback"]["preferences"],
+                                   stages["generate"]["responses"], config.reward)
+    stages["ppo"] = ppo_flow(ctx, stages["reward"]["reward_model"], config.ppo)
+    stages["evaluate"] = evaluate_flow(ctx, stages["ppo"]["policy"], stages["reward"]["reward_model"],
+                                       config.eval)
+    report = write_report(ctx, Path(ctx.constitution_path).stem, stages)
+    return {
+        "run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,
+        "data": str(Path(ctx.data).resolve()),
+        "checkpoints": str(checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id).resolve()),
+        "report": str(Path(report).resolve()), "headline": headline(stages), "stages": stages,
+    }

@@ -1,0 +1,57 @@
+"""Judge prompt templates. Bump TEMPLATE_VERSION whenever a template's text changes: it is
+stored with every critique and preference row, so old and new labels never mix silently."""
+
+from __future__ import annotations
+
+from constitution import Constitution, Principle
+
+TEMPLATE_VERSION = "v1"
+LABELS = ("A", "B")
+# The judge's answer is read from the next token after this assistant-turn prefix.
+ANSWER_PREFIX = "The better response is ("
+
+
+def _few_shot(constitution: Constitution, n: int) -> list[dict]:
+    turns: list[dict] = []
+    for ex in constitution.examples[:n]:
+        p = constitution.principle(ex.principle_id)
+        turns += [
+            {"role": "user", "content": ex.prompt},
+            {"role": "assistant", "content": ex.response},
+            {"role": "user", "content": p.critique_request},
+            {"role": "assistant", "content": ex.critique},
+            {"role": "user", "content": p.revision_request},
+            {"role": "assistant", "content": ex.revision},
+        ]
+    return turns
+
+
+def critique_messages(constitution: Constitution, principle: Principle, prompt: str,
+                      response: str, few_shot: int = 0) -> list[dict]:
+    """SL-CAI step 1: the conversation so far, then the principle's critique request."""
+    return _few_shot(constitution, few_shot) + [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": principle.critique_request},
+    ]
+
+
+def revision_messages(critique_msgs: list[dict], critique: str, principle: Principle) -> list[dict]:
+    """SL-CAI step 2: the critique, then the principle's revision request."""
+    return critique_msgs + [
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": principle.revision_request},
+    ]
+
+
+def preference_messages(principle: Principle, prompt: str, response_a: str,
+                        response_b: str) -> list[dict]:
+    """RL-CAI: a multiple-choice question; the answer is read from P(A) vs P(B)."""
+    content = (
+        "Consider this request from a user to an AI assistant.\n\n"
+        f"Request: {prompt}\n\n"
+        f"{principle.preference_question}\n"
+        f"Options:\n(A) {response_a}\n\n(B) {response_b}\n\n"
+        "Reply with the letter of the better option."
+    )
+    return [{"role": "user", "content": content}]

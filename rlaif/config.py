@@ -1,0 +1,74 @@
+"""The pipeline's configuration: one typed config per stage, composed here.
+
+Each stage's config lives next to its code (GenerateConfig in rlaif.generation,
+FeedbackConfig in judges.feedback, RewardConfig in training.reward, PPOConfig in
+training.ppo, EvalConfig in rlaif.evaluate) and documents its fields once; the CLI's
+--help and the Prefect UI's parameter form are both generated from those docstrings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from judges.feedback import FeedbackConfig
+from rlaif.evaluate import EvalConfig
+from rlaif.generation import GenerateConfig
+from rlaif.models import EMBEDDED_MODEL
+from rlaif.paths import default_data_root
+from rlaif.store import Lineage
+from training.ppo import PPOConfig
+from training.reward import RewardConfig
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class PipelineConfig(BaseModel):
+    """The whole pipeline: generate -> feedback -> reward model -> PPO -> evaluate."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    constitution: str = "harmless"
+    """A shipped constitution's name (harmless, helpful, concise) or a path to a YAML file."""
+    prompts: str | None = None
+    """Prompt file (JSONL, CSV or Parquet with a 'prompt' column); None: the shipped set."""
+    data: str = Field(default_factory=lambda: str(default_data_root()))
+    """Data root for Parquet datasets, checkpoints and reports (env RLAIF_DATA)."""
+    policy_model: str = EMBEDDED_MODEL
+    """Policy and reference model: the embedded model's name or a local HF folder."""
+    judge_model: str = EMBEDDED_MODEL
+    """Judge model: the embedded model's name or a local HF folder."""
+    judge_backend: Literal["transformers"] = "transformers"
+    """Where the judge runs."""
+    run_id: str | None = None
+    """Name of this run in every row and folder; None: a new timestamped id."""
+    generate: GenerateConfig = GenerateConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class RunContext(BaseModel):
+    """What every stage of one pipeline run shares: identity and lineage, no heavy objects."""
+
+    run_id: str
+    data: str
+    constitution_path: str
+    constitution_sha: str
+    prompts: str | None
+    policy_model: str
+    judge_model: str
+    judge_backend: str = "transformers"
+
+    def lineage(self, policy_model: str | None = None, judge_model: str = "") -> Lineage:
+        from prefect.runtime import flow_run
+
+        return Lineage(run_id=self.run_id, constitution_sha=self.constitution_sha,
+                       policy_model=policy_model if policy_model is not None else self.policy_model,
+                       judge_model=judge_model, flow_run_id=str(flow_run.get_id() or ""))

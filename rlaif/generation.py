@@ -1,0 +1,93 @@
+"""Batched, padding-aware sampling with HF `generate`, shared by every stage that writes text
+(responses, critiques, revisions, PPO rollouts, evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
+
+
+class GenerateConfig(BaseModel):
+    """Stage 1: sample responses to the training prompts from the policy."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    n_prompts: int | None = 32
+    """Training prompts to answer (None: all of the train split)."""
+    samples_per_prompt: int = 2
+    """Responses per prompt; the first two form the preference pair."""
+    max_new_tokens: int = 64
+    """Length cap on each response, in tokens."""
+    temperature: float = 0.8
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    batch_size: int = 16
+    """Prompts per `generate` call."""
+    seed: int = 0
+    """Seed for sampling; the same seed gives the same responses."""
+
+
+@dataclass
+class Generation:
+    text: str
+    n_tokens: int
+    has_eos: bool
+
+
+def chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding, matching what `generate` uses internally."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS, 0 after it. (B, R)"""
+    is_eos = response_ids == eos_id
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long()
+
+
+@torch.inference_mode()
+def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
+           top_p: float = 1.0, seed: int = 0):
+    """One batch. Returns (query_ids (B,Q), query_mask (B,Q), response_ids (B,R))."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    greedy = temperature <= 0
+    out = model.generate(
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+        max_new_tokens=max_new_tokens, do_sample=not greedy,
+        temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+        top_k=None if greedy else 0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
+             temperature: float, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+             desc: str = "generating") -> list[Generation]:
+    """Continue each chat conversation with one assistant turn."""
+    texts = [chat_text(tokenizer, c) for c in conversations]
+    results: list[Generation] = []
+    eos = tokenizer.eos_token_id
+    for b, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch")):
+        _, _, resp = sample(model, tokenizer, texts[start:start + batch_size],
+                            max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, seed=seed + b)
+        mask = response_mask(resp, eos)
+        for ids, m in zip(resp, mask):
+            n = int(m.sum())
+            results.append(Generation(
+                text=tokenizer.decode(ids[:n], skip_special_tokens=True).strip(),
+                n_tokens=n, has_eos=bool((ids[:n] == eos).any()),
+            ))
+    return results

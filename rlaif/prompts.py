@@ -1,0 +1,88 @@
+"""Prompt sets. The default set ships inside the package (rlaif/data/prompts.jsonl), each
+prompt with a stable id, a category and a split. Users may pass their own JSONL, CSV or
+Parquet file with a `prompt` column; `id` and `split` columns are optional. Without them a
+prompt's id is a hash of its text and its split is drawn from that hash, so both are stable.
+
+The `eval` split is held out: training stages call `load_prompts(..., split="train")` and
+`assert_no_eval` guards their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "eval")
+EVAL_FRACTION = 0.2
+
+
+class PromptError(ValueError):
+    pass
+
+
+def default_prompts_path() -> Path:
+    return Path(str(files("rlaif") / "data" / "prompts.jsonl"))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise PromptError(f"{path}: cannot read prompts ({e})") from e
+    raise PromptError(f"{path}: unsupported prompt file type {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def _hash_id(text: str) -> str:
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load_prompts(path: str | Path | None = None, split: str | None = None,
+                 limit: int | None = None) -> pd.DataFrame:
+    """Columns: prompt_id, prompt, split (and category when the file has one)."""
+    path = Path(path) if path else default_prompts_path()
+    if not path.is_file():
+        raise PromptError(f"{path}: no such prompt file")
+    df = _read(path)
+    if "prompt" not in df.columns:
+        raise PromptError(f"{path}: needs a 'prompt' column; found {list(df.columns)}")
+    df = df.copy()
+    df["prompt"] = df["prompt"].astype(str).str.strip()
+    df = df[df["prompt"] != ""]
+    if df.empty:
+        raise PromptError(f"{path}: contains no non-empty prompts")
+    df["prompt_id"] = df["id"].astype(str) if "id" in df.columns else df["prompt"].map(_hash_id)
+    if df["prompt_id"].duplicated().any():
+        dups = df.loc[df["prompt_id"].duplicated(), "prompt_id"].head(3).tolist()
+        raise PromptError(f"{path}: duplicate prompt ids (or duplicate prompts): {dups}")
+    if "split" not in df.columns:
+        df["split"] = [
+            "eval" if int(pid[-6:], 16) / 0xFFFFFF < EVAL_FRACTION else "train"
+            for pid in df["prompt_id"].map(lambda p: hashlib.sha256(p.encode()).hexdigest())
+        ]
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise PromptError(f"{path}: unknown split values {bad}; use 'train' or 'eval'")
+    cols = ["prompt_id", "prompt", "split"] + (["category"] if "category" in df.columns else [])
+    df = df[cols]
+    if split is not None:
+        df = df[df["split"] == split]
+        if df.empty:
+            raise PromptError(f"{path}: no prompts in the {split!r} split")
+    if limit is not None:
+        df = df.head(limit)
+    return df.reset_index(drop=True)
+
+
+def assert_no_eval(df: pd.DataFrame, stage: str) -> None:
+    """Training stages never read held-out prompts; this makes that a checked fact."""
+    if "split" in df.columns and (df["split"] == "eval").any():
+        raise AssertionError(f"{stage}: received held-out eval prompts; training must not read them")

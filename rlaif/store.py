@@ -1,0 +1,191 @@
+"""The Parquet store: one dataset per table under a data root.
+
+    <root>/<table>/<constitution_sha[:12]>/part-<key hash>.parquet
+
+- Every row carries the lineage columns (`LINEAGE`).
+- Datasets are namespaced by constitution, so a filtered read opens only that folder.
+- Writes are atomic (temporary file, fsync, rename). Readers, pandas included, skip the
+  dot-prefixed temporary files, so a crash mid-write leaves no visible partial data.
+- Part names are a hash of the writer's content key: a retried task replaces its own part
+  instead of appending duplicate rows.
+- `pandas.read_parquet(root / "preferences")` reads a whole table directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+LINEAGE = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("flow_run_id", pa.string()),
+    pa.field("constitution_sha", pa.string(), nullable=False),
+    pa.field("policy_model", pa.string()),
+    pa.field("judge_model", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("schema_version", pa.int32(), nullable=False),
+]
+LINEAGE_COLUMNS = [f.name for f in LINEAGE]
+
+_s, _i, _f, _b = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+_METRICS = [("step", _i), ("metric", _s), ("value", _f), ("text", _s)]
+
+TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
+    "responses": [
+        ("prompt_id", _s), ("split", _s), ("prompt", _s), ("response_id", _s),
+        ("sample_idx", _i), ("response", _s), ("n_tokens", _i), ("has_eos", _b),
+        ("temperature", _f), ("seed", _i),
+    ],
+    "critiques": [
+        ("response_id", _s), ("prompt_id", _s), ("prompt", _s), ("response", _s),
+        ("round", _i), ("principle_id", _s), ("critique", _s), ("revision", _s),
+        ("template_version", _s),
+    ],
+    "preferences": [
+        ("pair_id", _s), ("prompt_id", _s), ("prompt", _s),
+        ("response_a", _s), ("response_b", _s),
+        ("p_a_first", _f),   # P(label A) with response_a shown first
+        ("p_a_second", _f),  # P(label A) with response_b shown first (swapped order)
+        ("p_chosen", _f),    # soft label: P(chosen is better), averaged over both orders
+        ("chosen", _s), ("rejected", _s), ("position_consistent", _b),
+        ("principle_ids", pa.list_(_s)), ("judge_backend", _s), ("template_version", _s),
+        ("valid", _b), ("invalid_reason", _s),
+    ],
+    "rm_metrics": [*_METRICS, ("reward_model", _s)],
+    "ppo_metrics": [*_METRICS, ("reward_model", _s)],
+    "eval": [
+        ("prompt_id", _s), ("prompt", _s), ("policy_response", _s), ("reference_response", _s),
+        ("p_policy_better", _f), ("position_consistent", _b),
+        ("policy_score", _f), ("reference_score", _f),
+        ("policy_n_tokens", _i), ("reference_n_tokens", _i), ("reward_model", _s),
+    ],
+}
+
+
+def schema(table: str) -> pa.Schema:
+    if table not in TABLES:
+        raise KeyError(f"unknown table {table!r}; known tables: {', '.join(TABLES)}")
+    return pa.schema(LINEAGE + [pa.field(n, t) for n, t in TABLES[table]])
+
+
+class StoreError(RuntimeError):
+    """A part file that cannot be read as this table: corrupt, truncated, foreign or future."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Who produced a row: written into every row of every table."""
+
+    run_id: str
+    constitution_sha: str
+    policy_model: str = ""
+    judge_model: str = ""
+    flow_run_id: str = ""
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def table_dir(self, table: str, constitution_sha: str | None = None) -> Path:
+        schema(table)  # validates the name
+        d = self.root / table
+        return d / constitution_sha[:12] if constitution_sha else d
+
+    @staticmethod
+    def part_name(key: str) -> str:
+        return f"part-{hashlib.sha256(key.encode()).hexdigest()[:20]}.parquet"
+
+    def write(self, table: str, df: pd.DataFrame, *, key: str, lineage: Lineage,
+              metadata: dict | None = None) -> Path:
+        """Write `df` as one part of `table`, atomically. Same `key` -> same file (replaced)."""
+        sch = schema(table)
+        missing = [n for n, _ in TABLES[table] if n not in df.columns]
+        if missing:
+            raise ValueError(f"table {table!r}: missing columns {missing}")
+        df = df[[n for n, _ in TABLES[table]]].copy()
+        for k, v in asdict(lineage).items():
+            df[k] = v
+        df["created_at"] = pd.Timestamp(datetime.now(timezone.utc))
+        df["schema_version"] = SCHEMA_VERSION
+        arrow = pa.Table.from_pandas(df[sch.names], schema=sch, preserve_index=False)
+        meta = {"rlaif.key": key, "rlaif.schema_version": str(SCHEMA_VERSION),
+                "rlaif.table": table, "rlaif.metadata": json.dumps(metadata or {}, default=str)}
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **meta})
+
+        out_dir = self.table_dir(table, lineage.constitution_sha)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / self.part_name(key)
+        tmp = out_dir / f".tmp-{uuid.uuid4().hex}.parquet"  # dot prefix: invisible to readers
+        try:
+            pq.write_table(arrow, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(out_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
+
+    def parts(self, table: str, constitution_sha: str | None = None) -> list[Path]:
+        d = self.table_dir(table, constitution_sha)
+        pattern = "part-*.parquet" if constitution_sha else "*/part-*.parquet"
+        return sorted(d.glob(pattern)) if d.exists() else []
+
+    def read_part(self, table: str, path: Path) -> pa.Table:
+        try:
+            t = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for corrupt or truncated files
+            raise StoreError(f"{path}: not a readable Parquet file ({e})") from e
+        meta = t.schema.metadata or {}
+        version = int(meta.get(b"rlaif.schema_version", b"0") or 0)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema_version {version} is newer than this code "
+                             f"understands ({SCHEMA_VERSION}); upgrade rlaif to read it")
+        want = schema(table)
+        missing = [n for n in want.names if n not in t.schema.names]
+        if missing or meta.get(b"rlaif.table", b"").decode() != table:
+            raise StoreError(f"{path}: not a {table!r} part (missing columns {missing})")
+        return t.select(want.names).cast(want)
+
+    def read(self, table: str, *, constitution_sha: str | None = None,
+             run_id: str | None = None, skip_bad: bool = False) -> pd.DataFrame:
+        """Read a table (optionally one constitution's folder only, one run only).
+
+        A bad part raises StoreError naming it; with skip_bad=True it is reported as a
+        warning and the other parts are returned.
+        """
+        tables = []
+        for path in self.parts(table, constitution_sha):
+            try:
+                tables.append(self.read_part(table, path))
+            except StoreError as e:
+                if not skip_bad:
+                    raise
+                warnings.warn(f"skipping bad part: {e}", stacklevel=2)
+        df = (pa.concat_tables(tables) if tables else schema(table).empty_table()).to_pandas()
+        if constitution_sha:
+            df = df[df["constitution_sha"] == constitution_sha]
+        if run_id:
+            df = df[df["run_id"] == run_id]
+        return df.reset_index(drop=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
