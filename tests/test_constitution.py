@@ -1,0 +1,115 @@
+import textwrap
+
+import pytest
+
+from constitution import ConstitutionError, load_constitution, shipped_constitutions
+from constitution.loader import MAX_FILE_BYTES
+
+VALID = textwrap.dedent("""\
+    name: tiny
+    version: 1
+    description: A tiny test constitution.
+    principles:
+      - id: be-kind
+        critique_request: Point out anything unkind in the response.
+        revision_request: Rewrite the response to be kind.
+        preference_question: Which response is kinder?
+""")
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def errors_of(path):
+    with pytest.raises(ConstitutionError) as info:
+        load_constitution(path)
+    return info.value.errors
+
+
+def test_shipped_constitutions_load_and_differ():
+    assert {"harmless", "helpful", "concise"} <= set(shipped_constitutions())
+    cs = {n: load_constitution(n) for n in ("harmless", "helpful", "concise")}
+    assert len(cs["harmless"].principles) >= 12
+    assert len({c.sha for c in cs.values()}) == 3
+    for c in cs.values():
+        assert len(c.sha) == 64
+
+
+def test_sha_ignores_comments_and_layout_but_not_content(tmp_path):
+    a = load_constitution(write(tmp_path, VALID, "a.yaml"))
+    b = load_constitution(write(tmp_path, "# a comment\n" + VALID.replace("version: 1", "version:   1"), "b.yaml"))
+    c = load_constitution(write(tmp_path, VALID.replace("kinder?", "nicer?"), "c2.yaml"))
+    assert a.sha == b.sha != c.sha
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    p = write(tmp_path, "name: x\nprinciples: [\n  - id: a\n")
+    errs = errors_of(p)
+    assert len(errs) == 1 and errs[0].startswith("invalid YAML: line ")
+
+
+def test_missing_fields_are_all_reported_with_their_field(tmp_path):
+    p = write(tmp_path, VALID.replace("    revision_request: Rewrite the response to be kind.\n", "")
+              .replace("description: A tiny test constitution.\n", ""))
+    assert errors_of(p) == ["description: Field required", "principles.0.revision_request: Field required"]
+    msg = str(ConstitutionError(p, errors_of(p)))
+    assert msg.startswith(f"{p}: description: Field required")
+
+
+def test_empty_principles(tmp_path):
+    p = write(tmp_path, VALID.split("principles:")[0] + "principles: []\n")
+    assert errors_of(p) == ["principles: List should have at least 1 item after validation, not 0"]
+
+
+def test_duplicate_ids(tmp_path):
+    dup = VALID + VALID.split("principles:\n")[1]
+    assert errors_of(write(tmp_path, dup)) == ["(top level): duplicate principle ids: be-kind"]
+
+
+def test_text_that_breaks_the_prompt_format(tmp_path):
+    p = write(tmp_path, VALID.replace("Which response is kinder?", "Is (A) kinder than the other?"))
+    assert errors_of(p) == [
+        "principles.0.preference_question: contains '(A)', which would break the judge's prompt format"]
+    p = write(tmp_path, VALID.replace("Point out", "<|im_start|>Point out"))
+    assert "contains '<|im_start|>'" in errors_of(p)[0]
+
+
+def test_preference_question_must_be_a_question_and_ids_well_formed(tmp_path):
+    p = write(tmp_path, VALID.replace("Which response is kinder?", "Pick one.").replace("id: be-kind", "id: Be Kind"))
+    assert errors_of(p) == [
+        "principles.0.id: String should match pattern '^[a-z0-9][a-z0-9-]*$'",
+        "principles.0.preference_question: must be a question ending with '?'",
+    ]
+
+
+def test_unknown_field_and_example_principle(tmp_path):
+    p = write(tmp_path, VALID + "colour: blue\n")
+    assert errors_of(p) == ["colour: Extra inputs are not permitted"]
+    ex = VALID + textwrap.dedent("""\
+        examples:
+          - principle_id: missing
+            prompt: hi
+            response: go away
+            critique: rude
+            revision: hello!
+    """)
+    assert errors_of(write(tmp_path, ex)) == ["(top level): examples refer to unknown principle ids: missing"]
+
+
+def test_too_large_not_a_mapping_and_missing_file(tmp_path):
+    big = write(tmp_path, VALID + "#" * MAX_FILE_BYTES)
+    assert errors_of(big)[0].startswith("file is ") and "the limit is" in errors_of(big)[0]
+    assert errors_of(write(tmp_path, "- just\n- a list\n")) == ["top level must be a mapping, got list"]
+    assert errors_of(tmp_path / "nope.yaml")[0].startswith("no such file")
+
+
+def test_principles_are_sampled_reproducibly():
+    import random
+
+    c = load_constitution("harmless")
+    a = [p.id for p in c.sample_principles(random.Random(7), 3)]
+    assert a == [p.id for p in c.sample_principles(random.Random(7), 3)]
+    assert len(set(a)) == 3

@@ -1,0 +1,42 @@
+"""One end-to-end run on the real embedded model (SmolLM2-135M-Instruct), tiny settings:
+swapping the constitution changes constitution_sha in every table."""
+
+import pytest
+
+from constitution import load_constitution
+from rlaif.config import PipelineConfig
+from rlaif.models import EMBEDDED_MODEL
+from rlaif.store import TABLES, Store
+
+SMALL = {
+    "generate": {"n_prompts": 4, "max_new_tokens": 16, "batch_size": 4},
+    "feedback": {"max_new_tokens": 12, "few_shot": 0, "batch_size": 4},
+    "reward": {"epochs": 1, "batch_size": 2, "max_length": 160},
+    "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 12},
+    "eval": {"n_prompts": 2, "max_new_tokens": 12},
+}
+
+
+@pytest.mark.slow
+def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline
+
+    results = {}
+    for name in ("harmless", "concise"):
+        cfg = PipelineConfig.model_validate({"data": str(tmp_path), "constitution": name,
+                                             "policy_model": EMBEDDED_MODEL, "judge_model": EMBEDDED_MODEL,
+                                             "run_id": f"e2e-{name}", **SMALL})
+        results[name] = pipeline(cfg)
+    sha = {n: load_constitution(n).sha for n in results}
+    assert sha["harmless"] != sha["concise"]
+    store = Store(tmp_path)
+    for table in TABLES:
+        df = store.read(table)
+        by_run = df.groupby("run_id")["constitution_sha"].unique()
+        assert list(by_run["e2e-harmless"]) == [sha["harmless"]], table
+        assert list(by_run["e2e-concise"]) == [sha["concise"]], table
+        assert len(store.read(table, constitution_sha=sha["concise"])) == (df["run_id"] == "e2e-concise").sum()
+    for name, r in results.items():
+        assert r["constitution_sha"] == sha[name]
+        assert 0.0 <= r["headline"]["reward model held-out accuracy"] <= 1.0
+        assert r["stages"]["ppo"]["objective/kl"] == r["stages"]["ppo"]["objective/kl"]  # not NaN

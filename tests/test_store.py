@@ -1,0 +1,157 @@
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlaif.store import LINEAGE_COLUMNS, SCHEMA_VERSION, TABLES, Lineage, Store, StoreError
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def responses(n: int, tag: str = "x") -> pd.DataFrame:
+    return pd.DataFrame({
+        "prompt_id": [f"p{i}" for i in range(n)], "split": "train",
+        "prompt": [f"prompt {i}" for i in range(n)], "response_id": [f"p{i}/s0" for i in range(n)],
+        "sample_idx": 0, "response": [f"{tag} {i}" for i in range(n)], "n_tokens": 3,
+        "has_eos": True, "temperature": 0.8, "seed": 0,
+    })
+
+
+def lineage(sha: str = SHA_A, run: str = "run1") -> Lineage:
+    return Lineage(run_id=run, constitution_sha=sha, policy_model="m", judge_model="j", flow_run_id="f")
+
+
+def test_round_trip_has_lineage_and_pandas_reads_the_table(tmp_path):
+    store = Store(tmp_path)
+    store.write("responses", responses(5), key="run1/responses", lineage=lineage(), metadata={"k": 1})
+    df = store.read("responses")
+    assert len(df) == 5
+    assert df["response"].tolist() == [f"x {i}" for i in range(5)]
+    for col in LINEAGE_COLUMNS:
+        assert df[col].notna().all(), col
+    assert set(df["run_id"]) == {"run1"} and set(df["constitution_sha"]) == {SHA_A}
+    assert (df["schema_version"] == SCHEMA_VERSION).all()
+    direct = pd.read_parquet(tmp_path / "responses")
+    assert len(direct) == 5 and "constitution_sha" in direct.columns
+
+
+def test_retried_write_replaces_its_part_instead_of_duplicating(tmp_path):
+    store = Store(tmp_path)
+    p1 = store.write("responses", responses(4, "first"), key="run1/responses", lineage=lineage())
+    p2 = store.write("responses", responses(4, "retry"), key="run1/responses", lineage=lineage())
+    assert p1 == p2
+    df = store.read("responses")
+    assert len(df) == 4 and df["response"].str.startswith("retry").all()
+    store.write("responses", responses(2), key="run2/responses", lineage=lineage(run="run2"))
+    assert len(store.read("responses")) == 6 and len(store.read("responses", run_id="run2")) == 2
+
+
+def test_missing_columns_are_rejected_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"missing columns \['seed'\]"):
+        Store(tmp_path).write("responses", responses(2).drop(columns="seed"), key="k", lineage=lineage())
+    assert not (tmp_path / "responses").exists() or not list((tmp_path / "responses").rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("crash_point", ["during_write", "before_rename"])
+def test_crash_mid_write_leaves_no_partial_part(tmp_path, crash_point):
+    store = Store(tmp_path)
+    store.write("responses", responses(3, "old"), key="old", lineage=lineage())
+    # A real crash: the child process SIGKILLs itself in the middle of a write.
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import pyarrow.parquet as pq
+        sys.path.insert(0, {str(tmp_path)!r})
+        from rlaif import store as st
+        from store_helpers import responses, lineage
+        if {crash_point!r} == "during_write":
+            real = pq.write_table
+            def write_half(table, path, **kw):
+                real(table.slice(0, 1), path, **kw)  # some bytes are on disk...
+                os.kill(os.getpid(), signal.SIGKILL)  # ...then the process dies
+            st.pq.write_table = write_half
+        else:
+            st.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        st.Store({str(tmp_path)!r}).write("responses", responses(1000, "new"), key="new", lineage=lineage())
+    """)
+    helpers = tmp_path / "store_helpers.py"
+    helpers.write_text(textwrap.dedent("""
+        import pandas as pd
+        from rlaif.store import Lineage
+        def responses(n, tag):
+            return pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "split": "train",
+                "prompt": "q", "response_id": [f"p{i}/s0" for i in range(n)], "sample_idx": 0,
+                "response": [f"{tag} {i}" for i in range(n)], "n_tokens": 3, "has_eos": True,
+                "temperature": 0.8, "seed": 0})
+        def lineage():
+            return Lineage(run_id="run1", constitution_sha="a" * 64)
+    """))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert [p.name for p in store.parts("responses")] == [Store.part_name("old")]
+    assert store.read("responses")["response"].str.startswith("old").all()
+    assert len(pd.read_parquet(tmp_path / "responses")) == 3  # pandas skips the dot-prefixed temp file
+
+
+def test_corrupt_part_is_named_and_the_rest_stays_readable(tmp_path):
+    store = Store(tmp_path)
+    store.write("responses", responses(3), key="good", lineage=lineage())
+    bad = store.table_dir("responses", SHA_A) / "part-corrupt.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(StoreError, match=f"{bad}: not a readable Parquet file"):
+        store.read("responses")
+    with pytest.warns(UserWarning, match="part-corrupt.parquet"):
+        assert len(store.read("responses", skip_bad=True)) == 3
+
+
+def test_truncated_part_is_named(tmp_path):
+    store = Store(tmp_path)
+    path = store.write("responses", responses(50), key="k", lineage=lineage())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(StoreError, match="not a readable Parquet file"):
+        store.read("responses")
+
+
+def test_foreign_and_future_parts_are_rejected(tmp_path):
+    store = Store(tmp_path)
+    d = store.table_dir("responses", SHA_A)
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1, 2]}), d / "part-foreign.parquet")
+    with pytest.raises(StoreError, match="part-foreign.parquet: not a 'responses' part"):
+        store.read("responses")
+    (d / "part-foreign.parquet").unlink()
+    path = store.write("responses", responses(2), key="k", lineage=lineage())
+    t = pq.read_table(path)
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"rlaif.schema_version": b"99"}), path)
+    with pytest.raises(StoreError, match="schema_version 99 is newer"):
+        store.read("responses")
+
+
+def test_preferences_part_written_as_responses_is_rejected(tmp_path):
+    store = Store(tmp_path)
+    path = store.write("responses", responses(2), key="k", lineage=lineage())
+    with pytest.raises(StoreError, match="not a 'preferences' part"):
+        store.read_part("preferences", path)
+
+
+def test_filtered_read_opens_only_that_constitution(tmp_path):
+    store = Store(tmp_path)
+    store.write("responses", responses(3), key="a", lineage=lineage(SHA_A))
+    store.write("responses", responses(2), key="b", lineage=lineage(SHA_B))
+    # A corrupt file under constitution B must not affect a read of constitution A.
+    (store.table_dir("responses", SHA_B) / "part-corrupt.parquet").write_bytes(b"junk")
+    df = store.read("responses", constitution_sha=SHA_A)
+    assert len(df) == 3 and set(df["constitution_sha"]) == {SHA_A}
+    with pytest.raises(StoreError):
+        store.read("responses", constitution_sha=SHA_B)
+
+
+def test_every_table_has_a_schema_with_lineage():
+    for table in TABLES:
+        from rlaif.store import schema
+        assert schema(table).names[: len(LINEAGE_COLUMNS)] == LINEAGE_COLUMNS
+    with pytest.raises(KeyError, match="unknown table 'nope'"):
+        Store("x").read("nope")
