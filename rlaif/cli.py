@@ -56,9 +56,48 @@ def validate(paths: tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
+def judge_eval(pairs: str, out: str = "judge_eval.json", constitution: str = "harmless",
+               judge_model: str = "smollm2-135m-instruct", backend: str = "transformers",
+               limit: int | None = 200, principles_per_pair: int = 1, batch_size: int = 8,
+               seed: int = 0) -> dict:
+    """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
+
+    Args:
+        pairs: File of {"chosen", "rejected"} transcripts.
+        out: Where to write the JSON result.
+        constitution: Constitution whose preference questions the judge answers.
+        judge_model: The embedded model's name or a local HF folder.
+        backend: Judge backend.
+        limit: Pairs to read from the start of the file (None: all).
+        principles_per_pair: Principles sampled per pair, averaged.
+        batch_size: Sequences per forward pass.
+        seed: Seed for the A/B assignment and principle sampling.
+    """
+    import json
+    import os
+
+    from constitution import load_constitution
+    from judges.backends import make_judge
+    from judges.feedback import FeedbackConfig
+    from judges.human_eval import agreement_table, judge_agreement, read_hh_pairs
+
+    c = load_constitution(constitution)
+    df = read_hh_pairs(pairs, limit)
+    judge = make_judge(judge_model, backend, batch_size=batch_size)
+    cfg = FeedbackConfig(principles_per_pair=principles_per_pair, batch_size=batch_size, seed=seed)
+    result = {"pairs_file": str(pairs), **judge_agreement(judge, df, c, cfg)}
+    tmp = f"{out}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=2)
+    os.replace(tmp, out)
+    print(agreement_table(result))
+    print(f"written to {out}")
+    return result
+
+
 def main() -> None:
     tyro.extras.subcommand_cli_from_dict(
-        {"run": run, "setup": setup, "validate": validate},
+        {"run": run, "setup": setup, "validate": validate, "judge-eval": judge_eval},
         description="rlaif: Constitutional-AI-style RLAIF pipeline (Prefect flows).",
     )
 

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -64,9 +65,9 @@ def test_crash_mid_write_leaves_no_partial_part(tmp_path, crash_point):
     script = textwrap.dedent(f"""
         import os, signal, sys
         import pyarrow.parquet as pq
-        sys.path.insert(0, {str(tmp_path)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from rlaif import store as st
-        from store_helpers import responses, lineage
+        from test_store import responses, lineage
         if {crash_point!r} == "during_write":
             real = pq.write_table
             def write_half(table, path, **kw):
@@ -77,18 +78,6 @@ def test_crash_mid_write_leaves_no_partial_part(tmp_path, crash_point):
             st.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         st.Store({str(tmp_path)!r}).write("responses", responses(1000, "new"), key="new", lineage=lineage())
     """)
-    helpers = tmp_path / "store_helpers.py"
-    helpers.write_text(textwrap.dedent("""
-        import pandas as pd
-        from rlaif.store import Lineage
-        def responses(n, tag):
-            return pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "split": "train",
-                "prompt": "q", "response_id": [f"p{i}/s0" for i in range(n)], "sample_idx": 0,
-                "response": [f"{tag} {i}" for i in range(n)], "n_tokens": 3, "has_eos": True,
-                "temperature": 0.8, "seed": 0})
-        def lineage():
-            return Lineage(run_id="run1", constitution_sha="a" * 64)
-    """))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
     assert [p.name for p in store.parts("responses")] == [Store.part_name("old")]

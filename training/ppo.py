@@ -203,6 +203,8 @@ def response_logits(model, query_response: torch.Tensor, attention_mask: torch.T
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
               cfg: PPOConfig, lineage: dict) -> list[dict]:
     """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics."""
+    from peft import get_peft_model
+
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
     torch.manual_seed(cfg.seed)
@@ -210,8 +212,6 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     eos = tok.eos_token_id
     policy = load_causal_lm(policy_model)
     if cfg.lora:
-        from peft import get_peft_model
-
         policy = get_peft_model(policy, lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha))
         ref_policy = None  # the same weights with the adapter switched off
     else:

@@ -140,7 +140,8 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
                                                            held["p_chosen"].to_numpy())
         ref = score_texts(model, tok, conversation_texts(tok, reference_responses["prompt"],
                                                          reference_responses["response"]), cfg.max_length)
-    mean, std = float(ref.mean()), float(ref.std()) if len(ref) > 1 else 1.0
+    mean = float(ref.mean())
+    std = float(ref.std()) if len(ref) > 1 else 1.0
     if not (math.isfinite(mean) and math.isfinite(std)):
         raise TrainingError("reward model: non-finite rewards on the reference responses; nothing saved")
     gain = 1.0 / max(std, 1e-6)

@@ -1,0 +1,52 @@
+"""Judge-human agreement on hh-rlhf-style pairs, with a tiny model and a synthetic file."""
+
+import gzip
+import json
+
+import pytest
+
+from judges.human_eval import PairsFileError, read_hh_pairs
+from rlaif.cli import judge_eval
+
+
+def write_pairs(path, n=10):
+    with gzip.open(path, "wt") as fh:
+        for i in range(n):
+            prefix = f"\n\nHuman: question {i}?\n\nAssistant: which one?\n\nHuman: the first"
+            fh.write(json.dumps({"chosen": f"{prefix}\n\nAssistant: a long and careful answer number {i}",
+                                 "rejected": f"{prefix}\n\nAssistant: no"}) + "\n")
+
+
+def test_read_hh_pairs_splits_the_last_assistant_turn(tmp_path):
+    write_pairs(tmp_path / "p.jsonl.gz", 3)
+    df = read_hh_pairs(tmp_path / "p.jsonl.gz")
+    assert len(df) == 3
+    assert df.loc[0, "prompt"] == "User: question 0?\nAI: which one?\nUser: the first"
+    assert df.loc[0, "chosen"] == "a long and careful answer number 0" and df.loc[0, "rejected"] == "no"
+    assert len(read_hh_pairs(tmp_path / "p.jsonl.gz", limit=2)) == 2
+
+
+def test_bad_pairs_files(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"chosen": "x"}\n')
+    with pytest.raises(PairsFileError, match=r"a.jsonl:1: expected a JSON object with 'chosen' and 'rejected'"):
+        read_hh_pairs(tmp_path / "a.jsonl")
+    (tmp_path / "b.jsonl").write_text('{"chosen": "no turns", "rejected": "here"}\n')
+    with pytest.raises(PairsFileError, match="b.jsonl:1: no final"):
+        read_hh_pairs(tmp_path / "b.jsonl")
+    (tmp_path / "c.jsonl").write_text("\n")
+    with pytest.raises(PairsFileError, match="contains no pairs"):
+        read_hh_pairs(tmp_path / "c.jsonl")
+
+
+def test_judge_eval_reports_agreement_and_the_length_baseline(tmp_path, tiny_model_dir):
+    write_pairs(tmp_path / "p.jsonl.gz", 12)
+    out = tmp_path / "r.json"
+    result = judge_eval(str(tmp_path / "p.jsonl.gz"), out=str(out), judge_model=str(tiny_model_dir))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["pairs"] == 12
+    assert result["baseline/longer_wins"]["agreement"] == 1.0  # the chosen answer is always longer
+    for key in ("judge/agreement", "judge/agreement_no_swap"):
+        r = result[key]
+        assert 0 <= r["ci_low"] <= r["agreement"] <= r["ci_high"] <= 1
+    assert sum(v["n"] for v in result["judge/agreement_per_principle"].values()) == 12
+    assert result["judge/pairs_per_s"] > 0
