@@ -48,15 +48,18 @@ class TransformersJudge:
     @torch.inference_mode()
     def option_probs(self, conversations: list[list[dict]], desc: str = "judging") -> np.ndarray:
         texts = [chat_text(self.tokenizer, c) + ANSWER_PREFIX for c in conversations]
-        out = []
+        # Batch texts of similar length together: less padding, same results.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        p_a = np.zeros(len(texts))
         for start in tqdm(range(0, len(texts), self.batch_size), desc=desc, unit="batch"):
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt",
+            idx = order[start:start + self.batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt",
                                  padding=True, add_special_tokens=False)
             logits = self.model(**enc, position_ids=position_ids(enc["attention_mask"]),
                                 logits_to_keep=1).logits[:, -1]  # (B, V): left padding
             pair = logits[:, self.label_ids].float()  # (B, 2)
-            out.append(torch.softmax(pair, dim=-1)[:, 0])
-        return torch.cat(out).numpy() if out else np.zeros(0)
+            p_a[idx] = torch.softmax(pair, dim=-1)[:, 0].numpy()
+        return p_a
 
     def generate(self, conversations: list[list[dict]], *, max_new_tokens: int,
                  temperature: float, seed: int, desc: str = "judge writing") -> list[Generation]:

@@ -31,7 +31,7 @@ def test_tokenizer_without_single_token_labels_is_rejected():
 
 def test_option_probs_are_padding_aware(judge):
     p = load_constitution("harmless").principles[0]
-    convs = [preference_messages(p, "hi" * n, "short", "a much longer answer " * n) for n in (1, 5, 20)]
+    convs = [preference_messages(p, "hi" * n, "short", "a much longer answer " * n) for n in (20, 1, 5, 30, 2)]
     batched = judge.option_probs(convs)
     one_by_one = np.concatenate([judge.option_probs([c]) for c in convs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
