@@ -8,7 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from constitution import load_constitution
 from flows.common import MODEL_TASK, publish
 from judges.backends import make_judge
-from judges.feedback import FeedbackConfig, critique_and_revise, label_preferences, make_pairs
+from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
+                             make_revision_pairs)
 from rlaif.config import RunContext
 from rlaif.store import Store
 
@@ -28,19 +29,23 @@ def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> 
 
 
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
-def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> str:
+def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, critiques_path: str) -> str:
     store = Store(ctx.data)
-    pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
+    if cfg.pair_source == "revision":
+        pairs = make_revision_pairs(store.read_part("critiques", critiques_path).to_pandas())
+    else:
+        pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
     rows = label_preferences(_judge(ctx, cfg), pairs, load_constitution(ctx.constitution_path), cfg)
     return str(store.write("preferences", rows, key=f"{ctx.run_id}/preferences",
                            lineage=ctx.lineage(judge_model=ctx.judge_model),
-                           metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
+                           metadata={"config": cfg.model_dump(),
+                                     "inputs": [responses_path, critiques_path]}))
 
 
 @flow(name="rlaif-feedback", log_prints=True)
 def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig()) -> dict:
     critiques = critique_task(ctx, cfg, responses_path)
-    preferences = preference_task(ctx, cfg, responses_path)
+    preferences = preference_task(ctx, cfg, responses_path, critiques)
     store = Store(ctx.data)
     prefs = store.read_part("preferences", preferences).to_pandas()
     n_crit = store.read_part("critiques", critiques).num_rows

@@ -11,6 +11,8 @@ import random
 
 import numpy as np
 import pandas as pd
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from constitution import Constitution
@@ -33,6 +35,9 @@ class FeedbackConfig(BaseModel):
     """Length cap on each critique and revision, in tokens."""
     temperature: float = 0.7
     """Sampling temperature for critiques and revisions."""
+    pair_source: Literal["policy", "revision"] = "policy"
+    """Preference pairs: two policy samples per prompt, or each critiqued response against
+    its final revision."""
     principles_per_pair: int = 1
     """Principles sampled per preference pair; their P(A) are averaged."""
     batch_size: int = 8
@@ -87,6 +92,18 @@ def make_pairs(responses: pd.DataFrame) -> pd.DataFrame:
         "response_a": first.loc[ids, "response"].values,
         "response_b": second.loc[ids, "response"].values,
     }).reset_index(drop=True)
+
+
+def make_revision_pairs(critiques: pd.DataFrame) -> pd.DataFrame:
+    """Each critiqued response (round 0) against its final revision (last round)."""
+    ordered = critiques.sort_values(["response_id", "round"])
+    first = ordered.groupby("response_id", sort=True).first()
+    last = ordered.groupby("response_id", sort=True).last()
+    return pd.DataFrame({
+        "pair_id": [f"{rid}/revision" for rid in first.index], "prompt_id": first["prompt_id"].values,
+        "prompt": first["prompt"].values, "response_a": first["response"].values,
+        "response_b": last["revision"].values,
+    })
 
 
 def debias(p_a_first: np.ndarray, p_a_second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

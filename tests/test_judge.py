@@ -6,7 +6,8 @@ import pytest
 
 from constitution import load_constitution
 from judges.backends import JudgeError, TransformersJudge, label_token_ids, make_judge
-from judges.feedback import FeedbackConfig, critique_and_revise, label_preferences, make_pairs
+from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
+                             make_revision_pairs)
 from judges.templates import preference_messages
 from rlaif.models import load_tokenizer
 
@@ -74,3 +75,13 @@ def test_critique_rounds_chain_revisions(judge):
     r = rows.set_index(["response_id", "round"])
     assert r.loc[("p1/s0", 1), "response"] == r.loc[("p1/s0", 0), "revision"]
     assert set(rows["principle_id"]) <= {p.id for p in c.principles}
+
+
+def test_revision_pairs_put_the_original_against_its_final_revision(judge):
+    c = load_constitution("harmless")
+    rows = critique_and_revise(judge, responses_frame(), c, FeedbackConfig(critique_rounds=2, max_new_tokens=4))
+    pairs = make_revision_pairs(rows)
+    assert len(pairs) == 2
+    final = rows[rows["round"] == 1].set_index("response_id")["revision"]
+    p1 = pairs.set_index("pair_id").loc["p1/s0/revision"]
+    assert p1["response_a"] == "fine" and p1["response_b"] == final["p1/s0"]

@@ -87,3 +87,19 @@ def test_bad_constitution_fails_before_any_model_work(prefect_harness, tmp_path)
     with pytest.raises(ConstitutionError, match="principles: Field required"):
         pipeline(PipelineConfig(constitution=str(bad), data=str(tmp_path / "data")))
     assert not (tmp_path / "data").exists()
+
+
+def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
+    from flows.pipeline import pipeline
+
+    data, _ = pipeline_run
+    cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
+                                         "judge_model": str(tiny_model_dir), "run_id": "rev-run",
+                                         **TINY, "feedback": {"max_new_tokens": 5, "pair_source": "revision"}})
+    pipeline(cfg)
+    store = Store(data)
+    prefs = store.read("preferences", run_id="rev-run").set_index("prompt_id")
+    crit = store.read("critiques", run_id="rev-run").set_index("prompt_id")
+    assert len(prefs) == len(crit) == 5
+    assert (prefs["response_a"] == crit.loc[prefs.index, "response"]).all()
+    assert (prefs["response_b"] == crit.loc[prefs.index, "revision"]).all()
