@@ -38,8 +38,9 @@ def label_token_ids(tokenizer) -> list[int]:
 class TransformersJudge:
     backend = "transformers"
 
-    def __init__(self, model: str, batch_size: int = 8):
+    def __init__(self, model: str, batch_size: int = 8, sort_by_length: bool = True):
         self.model_id = str(model)
+        self.sort_by_length = sort_by_length
         self.tokenizer = load_tokenizer(model)
         self.model = load_causal_lm(model)
         self.batch_size = batch_size
@@ -49,7 +50,8 @@ class TransformersJudge:
     def option_probs(self, conversations: list[list[dict]], desc: str = "judging") -> np.ndarray:
         texts = [chat_text(self.tokenizer, c) + ANSWER_PREFIX for c in conversations]
         # Batch texts of similar length together: less padding, same results.
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        order = (np.argsort([len(t) for t in texts], kind="stable") if self.sort_by_length
+                 else np.arange(len(texts)))
         p_a = np.zeros(len(texts))
         for start in tqdm(range(0, len(texts), self.batch_size), desc=desc, unit="batch"):
             idx = order[start:start + self.batch_size]

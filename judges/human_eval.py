@@ -33,9 +33,8 @@ class PairsFileError(ValueError):
 
 
 def _dialogue(prefix: str) -> str:
-    """hh transcript prefix -> 'User: ...' / 'Assistant: ...' lines for the judge prompt."""
-    text = prefix.replace("\n\nHuman:", "\nUser:").replace(_ASSISTANT, "\nAI:").strip()
-    return text
+    """hh transcript prefix -> 'User: ...' / 'AI: ...' lines for the judge prompt."""
+    return prefix.replace("\n\nHuman:", "\nUser:").replace(_ASSISTANT, "\nAI:").strip()
 
 
 def read_hh_pairs(path: str | Path, limit: int | None = None) -> pd.DataFrame:

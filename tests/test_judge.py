@@ -36,6 +36,8 @@ def test_option_probs_are_padding_aware(judge):
     batched = judge.option_probs(convs)
     one_by_one = np.concatenate([judge.option_probs([c]) for c in convs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    in_order = TransformersJudge(judge.model_id, batch_size=3, sort_by_length=False).option_probs(convs)
+    np.testing.assert_allclose(batched, in_order, atol=1e-5)
     assert ((batched > 0) & (batched < 1)).all()
 
 
