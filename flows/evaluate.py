@@ -17,11 +17,11 @@ from rlaif.store import Store
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
 def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: str) -> dict:
     prompts = load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts)
-    judge = make_judge(ctx.judge_model, ctx.judge_backend, batch_size=cfg.batch_size)
+    judge = make_judge(ctx.judge)
     rows, summary = evaluate(prompts, ctx.policy_model, policy, judge,
                              load_constitution(ctx.constitution_path), reward_model, cfg)
     path = Store(ctx.data).write("eval", rows, key=f"{ctx.run_id}/eval",
-                                 lineage=ctx.lineage(policy_model=policy, judge_model=ctx.judge_model),
+                                 lineage=ctx.lineage(policy_model=policy, judge_model=ctx.judge.model),
                                  metadata={"config": cfg.model_dump()})
     return {"eval": str(path), **summary}
 

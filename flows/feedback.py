@@ -14,17 +14,13 @@ from rlaif.config import RunContext
 from rlaif.store import Store
 
 
-def _judge(ctx: RunContext, cfg: FeedbackConfig):
-    return make_judge(ctx.judge_model, ctx.judge_backend, batch_size=cfg.batch_size)
-
-
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
 def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> str:
     store = Store(ctx.data)
     responses = store.read_part("responses", responses_path).to_pandas()
-    rows = critique_and_revise(_judge(ctx, cfg), responses, load_constitution(ctx.constitution_path), cfg)
+    rows = critique_and_revise(make_judge(ctx.judge), responses, load_constitution(ctx.constitution_path), cfg)
     return str(store.write("critiques", rows, key=f"{ctx.run_id}/critiques",
-                           lineage=ctx.lineage(judge_model=ctx.judge_model),
+                           lineage=ctx.lineage(judge_model=ctx.judge.model),
                            metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
 
 
@@ -35,9 +31,9 @@ def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, c
         pairs = make_revision_pairs(store.read_part("critiques", critiques_path).to_pandas())
     else:
         pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
-    rows = label_preferences(_judge(ctx, cfg), pairs, load_constitution(ctx.constitution_path), cfg)
+    rows = label_preferences(make_judge(ctx.judge), pairs, load_constitution(ctx.constitution_path), cfg)
     return str(store.write("preferences", rows, key=f"{ctx.run_id}/preferences",
-                           lineage=ctx.lineage(judge_model=ctx.judge_model),
+                           lineage=ctx.lineage(judge_model=ctx.judge.model),
                            metadata={"config": cfg.model_dump(),
                                      "inputs": [responses_path, critiques_path]}))
 

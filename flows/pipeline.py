@@ -38,14 +38,13 @@ def prepare_run(config: PipelineConfig) -> RunContext:
     constitution = load_constitution(config.constitution)
     load_prompts(config.prompts, split="train")
     load_prompts(config.prompts, split="eval")
-    for name in {config.policy_model, config.judge_model}:
+    for name in {config.policy_model, config.judge.model}:
         resolve_model(name)
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
         constitution_path=str(resolve_path(config.constitution).resolve()),
         constitution_sha=constitution.sha, prompts=config.prompts,
-        policy_model=config.policy_model, judge_model=config.judge_model,
-        judge_backend=config.judge_backend,
+        policy_model=config.policy_model, judge=config.judge,
     )
 
 
@@ -59,7 +58,7 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
         f"# RLAIF run `{ctx.run_id}`", "",
         f"- constitution: **{constitution_name}** (`{ctx.constitution_path}`)",
         f"- constitution_sha: `{ctx.constitution_sha}`",
-        f"- policy / reference: `{ctx.policy_model}`; judge: `{ctx.judge_model}` ({ctx.judge_backend})",
+        f"- policy / reference: `{ctx.policy_model}`; judge: `{ctx.judge.model}` ({ctx.judge.backend})",
         f"- finished: {datetime.now(timezone.utc).isoformat(timespec='seconds')}", "",
         "## Headline", "", "| | |", "|---|---|",
         *[f"| {k} | {fmt(v)} |" for k, v in headline(stages).items()],

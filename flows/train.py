@@ -27,7 +27,7 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_path: str, respo
     summary, metrics = train_reward_model(prefs, reference, ctx.policy_model, out, cfg, lineage)
     df = pd.DataFrame(metrics).assign(text=None, reward_model=str(out))
     path = store.write("rm_metrics", df, key=f"{ctx.run_id}/rm_metrics",
-                       lineage=ctx.lineage(judge_model=ctx.judge_model), metadata={"config": cfg.model_dump()})
+                       lineage=ctx.lineage(judge_model=ctx.judge.model), metadata={"config": cfg.model_dump()})
     return {"reward_model": str(out), "rm_metrics": str(path), **summary}
 
 

@@ -16,8 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from constitution import Constitution
-from judges.templates import (TEMPLATE_VERSION, critique_messages, preference_messages,
-                              revision_messages)
+from judges.backends import JudgeError
+from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
+                              TEMPLATE_VERSION, contrastive_messages, critique_messages,
+                              preference_messages, rating_messages, raw_prompt, revision_messages)
 
 
 class FeedbackConfig(BaseModel):
@@ -25,8 +27,9 @@ class FeedbackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    critique_rounds: int = 1
-    """Critique->revision rounds per response; each round samples one principle."""
+    critique_rounds: int = 2
+    """Critique->revision rounds per response (the CAI paper uses up to 4); each round
+    samples one principle."""
     critique_all_samples: bool = False
     """Critique every sampled response, not only the first per prompt."""
     few_shot: int = 1
@@ -40,8 +43,23 @@ class FeedbackConfig(BaseModel):
     its final revision."""
     principles_per_pair: int = 1
     """Principles sampled per preference pair; their P(A) are averaged."""
-    batch_size: int = 8
-    """Sequences per judge forward pass or `generate` call."""
+    scoring: Literal["labels", "contrastive"] = "labels"
+    """labels: P(A) vs P(B) read after the multiple-choice question, in both orders.
+    contrastive: each response's log-likelihood under a principle-following system prompt
+    minus under a principle-violating one; P(a better) = sigmoid(score_a - score_b). No
+    positions, so no position bias (transformers backend only)."""
+    judge_prompt: Literal["chat", "raw"] = "chat"
+    """The preference question through the judge's chat template, or as raw text."""
+    chain_of_thought: bool = False
+    """The judge writes a rationale before the labels are read (CAI's CoT); P(A) is then
+    clamped to `cot_clamp`, because a rationale makes the label near-certain."""
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    """Band P(A) is clamped to when chain_of_thought is on."""
+    cot_max_new_tokens: int = 64
+    """Length cap on each rationale, in tokens."""
+    direct_scores: bool = False
+    """Also rate each response 1-10 on its own (d-RLAIF): the expected rating over the digit
+    probabilities, mapped to [-1, 1], is stored as score_a / score_b."""
     seed: int = 0
     """Seed for principle sampling and critique text."""
 
@@ -116,22 +134,94 @@ def debias(p_a_first: np.ndarray, p_a_second: np.ndarray) -> tuple[np.ndarray, n
     return p_a, consistent
 
 
+def expected_rating(p_digits: np.ndarray, p_ten: np.ndarray) -> np.ndarray:
+    """d-RLAIF score in [-1, 1] from the rating distribution.
+
+    p_digits: (N, 9) P(first digit = 1..9), normalised; p_ten: (N,) P("0" follows a "1"),
+    which splits the mass of "1" between the ratings 1 and 10 (tokenizers that write "10"
+    as two digit tokens).
+    """
+    p = np.concatenate([p_digits, np.zeros((len(p_digits), 1))], axis=1)  # (N, 10)
+    p[:, 9] = p[:, 0] * p_ten
+    p[:, 0] *= 1.0 - p_ten
+    expected = p @ np.arange(1, 11)  # (N,) in [1, 10]
+    return (expected - 5.5) / 4.5
+
+
+def _first_error(errors: list[str | None]) -> str | None:
+    return next((e for e in errors if e), None)
+
+
+def direct_scores(judge, prompts: list[str], responses: list[str], principles: list,
+                  desc: str = "direct scores") -> tuple[np.ndarray, list[str | None]]:
+    """Rate each response 1-10 under its principle; the expected rating mapped to [-1, 1]."""
+    texts = [judge.chat(rating_messages(p, q, r)) + RATING_PREFIX
+             for p, q, r in zip(principles, prompts, responses)]
+    digits = tuple(str(d) for d in RATINGS[:9])
+    p_digits, errors = judge.choice_probs(texts, RATING_PREFIX, digits, desc=desc)
+    # Does a "0" follow the "1"? One more batched pass, on the texts with "1" appended.
+    ten = judge.next_token_logprobs([t + "1" for t in texts], RATING_PREFIX + "1", ("0",), desc=desc)
+    p_ten = np.exp(np.nan_to_num(ten.logprobs[:, 0], nan=-np.inf))  # absent from top-k: ~0
+    scores = expected_rating(p_digits, p_ten)
+    return scores, errors
+
+
+def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: FeedbackConfig):
+    """P(label A) for every (pair, principle, order), flat, with errors and rationales."""
+    convs = []
+    for ps, (_, row) in zip(principles, pairs.iterrows()):
+        for p in ps:
+            convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
+            convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
+    texts = [judge.chat(c) if cfg.judge_prompt == "chat" else raw_prompt(c) for c in convs]
+    rationales = [""] * len(texts)
+    if cfg.chain_of_thought:
+        texts = [t + COT_PREFIX for t in texts]
+        written = judge.complete(texts, max_new_tokens=cfg.cot_max_new_tokens, temperature=0.0,
+                                 seed=cfg.seed, desc="rationales")
+        rationales = [g.text for g in written]
+        texts = [t + r + "\n" for t, r in zip(texts, rationales)]
+    probs, errors = judge.choice_probs([t + ANSWER_PREFIX for t in texts], ANSWER_PREFIX, LABELS,
+                                       desc="preference labels")
+    probs = probs[:, 0]  # P(A)
+    if cfg.chain_of_thought:
+        probs = np.clip(probs, *cfg.cot_clamp)
+    return probs, errors, rationales
+
+
+def _contrastive_probs(judge, pairs: pd.DataFrame, principles: list[list]) -> np.ndarray:
+    """P(a better) = sigmoid(s_a - s_b), s = log p(response | follow) - log p(response | violate).
+    Flat, laid out like _label_probs: the second "order" is the complement."""
+    if not hasattr(judge, "continuation_logprob"):
+        raise JudgeError(f"contrastive scoring needs the transformers backend, not {judge.backend!r}")
+    contexts, responses = [], []
+    for ps, (_, row) in zip(principles, pairs.iterrows()):
+        for p in ps:
+            for follow in (True, False):
+                ctx = judge.chat(contrastive_messages(p, row["prompt"], follow))
+                contexts += [ctx, ctx]
+                responses += [row["response_a"], row["response_b"]]
+    lp = judge.continuation_logprob(contexts, responses, desc="contrastive scores")
+    lp = lp.reshape(-1, 2, 2)  # (pairs*k, follow/violate, a/b)
+    s = lp[:, 0] - lp[:, 1]  # (pairs*k, a/b)
+    p_a = 1.0 / (1.0 + np.exp(-(s[:, 0] - s[:, 1])))
+    return np.stack([p_a, 1.0 - p_a], axis=1).reshape(-1)
+
+
 def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
                       cfg: FeedbackConfig) -> pd.DataFrame:
     """Soft AI preference labels from the judge's option probabilities, both orders."""
     k = cfg.principles_per_pair
     principles = [constitution.sample_principles(_rng(cfg.seed, pid, "pref"), k)
                   for pid in pairs["pair_id"]]
-    convs = []
-    for ps, (_, row) in zip(principles, pairs.iterrows()):
-        for p in ps:
-            convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
-            convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
-    probs = judge.option_probs(convs, desc="preference labels")
-    n_used = [len(ps) for ps in principles]
-    probs = probs.reshape(len(pairs), max(n_used, default=k), 2)  # (pairs, k, orders)
+    if cfg.scoring == "contrastive":
+        probs, errors, rationales = _contrastive_probs(judge, pairs, principles), [None] * len(pairs) * 2 * k, []
+    else:
+        probs, errors, rationales = _label_probs(judge, pairs, principles, cfg)
+    probs = probs.reshape(len(pairs), k, 2)  # (pairs, k, orders)
     p_first, p_second = probs[..., 0].mean(1), probs[..., 1].mean(1)
     p_a, consistent = debias(p_first, p_second)
+    pair_errors = [_first_error(errors[i * 2 * k:(i + 1) * 2 * k]) for i in range(len(pairs))]
 
     out = pairs.copy()
     a_wins = p_a >= 0.5
@@ -142,11 +232,26 @@ def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
     out["rejected"] = np.where(a_wins, out["response_b"], out["response_a"])
     out["position_consistent"] = consistent
     out["principle_ids"] = [[p.id for p in ps] for ps in principles]
+    out["rationales"] = [rationales[i * 2 * k:(i + 1) * 2 * k] if cfg.chain_of_thought else []
+                         for i in range(len(pairs))]
     out["judge_backend"] = judge.backend
-    out["template_version"] = TEMPLATE_VERSION
-    identical = out["response_a"].str.strip() == out["response_b"].str.strip()
-    nonfinite = ~np.isfinite(p_a)
-    out["valid"] = ~(identical | nonfinite)
-    out["invalid_reason"] = np.where(identical, "identical responses",
-                                     np.where(nonfinite, "non-finite judge probability", None))
+    out["template_version"] = "-".join([TEMPLATE_VERSION] + [v for v, on in (
+        ("cot", cfg.chain_of_thought), ("raw", cfg.judge_prompt == "raw"),
+        ("contrastive", cfg.scoring == "contrastive")) if on])
+    out["score_a"] = out["score_b"] = np.nan
+    if cfg.direct_scores:
+        first = [ps[0] for ps in principles]
+        n = len(pairs)
+        scores, score_errors = direct_scores(
+            judge, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]),
+            first * 2)
+        out["score_a"], out["score_b"] = scores[:n], scores[n:]
+        pair_errors = [e or score_errors[i] or score_errors[n + i] for i, e in enumerate(pair_errors)]
+
+    identical = (out["response_a"].str.strip() == out["response_b"].str.strip()).to_numpy()
+    reasons = [("identical responses" if same else err or
+                ("non-finite judge probability" if not np.isfinite(p) else None))
+               for same, err, p in zip(identical, pair_errors, p_a)]
+    out["invalid_reason"] = reasons
+    out["valid"] = [r is None for r in reasons]
     return out

@@ -88,12 +88,13 @@ def judge_agreement(judge, pairs: pd.DataFrame, constitution: Constitution,
     swapped = (labels["p_a"].to_numpy() > 0.5) == human_is_a
     first_only = (labels["p_a_first"].to_numpy() > 0.5) == human_is_a
     longer_a = shown["response_a"].str.len().to_numpy() > shown["response_b"].str.len().to_numpy()
+    valid = labels["valid"].to_numpy()
     per_principle = {}
     if cfg.principles_per_pair == 1:
         pid = labels["principle_ids"].map(lambda ids: ids[0])
         per_principle = {p: {"n": int((pid == p).sum()), "agreement": float(swapped[pid == p].mean())}
                          for p in sorted(pid.unique())}
-    return {
+    result = {
         "pairs": len(pairs),
         "judge_model": judge.model_id, "judge_backend": judge.backend,
         "constitution": constitution.name, "constitution_sha": constitution.sha,
@@ -102,16 +103,26 @@ def judge_agreement(judge, pairs: pd.DataFrame, constitution: Constitution,
         "judge/agreement_no_swap": _agreement(first_only),
         "baseline/longer_wins": _agreement(longer_a == human_is_a),
         "judge/agreement_per_principle": per_principle,
+        "judge/invalid_pairs": int((~valid).sum()),
+        "judge/invalid_reasons": labels["invalid_reason"].dropna().value_counts().to_dict(),
         "judge/pairs_per_s": len(pairs) / elapsed,
         "judge/forward_passes_per_pair": 2 * cfg.principles_per_pair,
+        "config": cfg.model_dump(),
     }
+    if cfg.direct_scores:
+        score_a, score_b = labels["score_a"].to_numpy(), labels["score_b"].to_numpy()
+        result["judge/direct_agreement"] = _agreement((score_a > score_b) == human_is_a)
+    return result
 
 
 def agreement_table(result: dict) -> str:
     lines = ["| scorer | agreement | 95% CI |", "|---|---|---|"]
     for key, label in (("judge/agreement", "judge, both orders averaged"),
                        ("judge/agreement_no_swap", "judge, one order"),
+                       ("judge/direct_agreement", "judge, direct 1-10 scores"),
                        ("baseline/longer_wins", "longer response wins")):
+        if key not in result:
+            continue
         r = result[key]
         lines.append(f"| {label} | {r['agreement']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} |")
     lines += ["", f"position consistency {result['judge/agreement']['position_consistency']:.3f}; "

@@ -9,6 +9,12 @@ TEMPLATE_VERSION = "v1"
 LABELS = ("A", "B")
 # The judge's answer is read from the next token after this assistant-turn prefix.
 ANSWER_PREFIX = "The better response is ("
+# Chain of thought: the assistant turn starts with this; the rationale follows, then
+# "\n" + ANSWER_PREFIX, and the labels are read after it.
+COT_PREFIX = "Let's think step by step: "
+# Direct scoring (d-RLAIF): the rating 1-10 is read from the digits after this prefix.
+RATING_PREFIX = "Rating: "
+RATINGS = tuple(range(1, 11))
 
 
 def _few_shot(constitution: Constitution, n: int) -> list[dict]:
@@ -55,3 +61,29 @@ def preference_messages(principle: Principle, prompt: str, response_a: str,
         "Reply with the letter of the better option."
     )
     return [{"role": "user", "content": content}]
+
+
+def rating_messages(principle: Principle, prompt: str, response: str) -> list[dict]:
+    """d-RLAIF: rate one response 1-10; the expected rating is read from the digit tokens."""
+    content = (
+        "Consider this request from a user to an AI assistant, and the assistant's response.\n\n"
+        f"Request: {prompt}\n\nResponse: {response}\n\n"
+        f"Judge the response by this question: {principle.preference_question}\n"
+        "Rate the response from 1 (very poor) to 10 (as good as possible)."
+    )
+    return [{"role": "user", "content": content}]
+
+
+def raw_prompt(messages: list[dict]) -> str:
+    """The judge prompt as plain 'User:/Assistant:' text, without the chat template."""
+    turns = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages]
+    return "\n\n".join(turns) + "\n\nAssistant: "
+
+
+def contrastive_messages(principle: Principle, prompt: str, follow: bool) -> list[dict]:
+    """Contrastive scoring: a system prompt that follows (or violates) the principle. A
+    response's log-likelihood under the first minus under the second is its score."""
+    aim = "better" if follow else "worse"
+    return [{"role": "system", "content": f"You are an AI assistant. Always give the {aim} answer "
+                                          f"by this question: {principle.preference_question}"},
+            {"role": "user", "content": prompt}]

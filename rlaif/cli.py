@@ -9,6 +9,7 @@ from typing import Annotated
 
 import tyro
 
+from judges.backends import JudgeConfig
 from rlaif.config import PipelineConfig
 
 
@@ -56,21 +57,21 @@ def validate(paths: tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
-def judge_eval(pairs: str, out: str = "judge_eval.json", constitution: str = "harmless",
-               judge_model: str = "smollm2-135m-instruct", backend: str = "transformers",
-               limit: int | None = 200, principles_per_pair: int = 1, batch_size: int = 8,
-               seed: int = 0) -> dict:
+def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")] = JudgeConfig(),
+               out: str = "judge_eval.json", constitution: str = "harmless",
+               limit: int | None = 200, principles_per_pair: int = 1,
+               chain_of_thought: bool = False, direct_scores: bool = False, seed: int = 0) -> dict:
     """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
 
     Args:
         pairs: File of {"chosen", "rejected"} transcripts.
+        judge: The judge model and backend.
         out: Where to write the JSON result.
         constitution: Constitution whose preference questions the judge answers.
-        judge_model: The embedded model's name or a local HF folder.
-        backend: Judge backend.
         limit: Pairs to read from the start of the file (None: all).
         principles_per_pair: Principles sampled per pair, averaged.
-        batch_size: Sequences per forward pass.
+        chain_of_thought: Write a rationale before reading the labels.
+        direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
     """
     import json
@@ -83,9 +84,9 @@ def judge_eval(pairs: str, out: str = "judge_eval.json", constitution: str = "ha
 
     c = load_constitution(constitution)
     df = read_hh_pairs(pairs, limit)
-    judge = make_judge(judge_model, backend, batch_size=batch_size)
-    cfg = FeedbackConfig(principles_per_pair=principles_per_pair, batch_size=batch_size, seed=seed)
-    result = {"pairs_file": str(pairs), **judge_agreement(judge, df, c, cfg)}
+    cfg = FeedbackConfig(principles_per_pair=principles_per_pair, chain_of_thought=chain_of_thought,
+                         direct_scores=direct_scores, seed=seed)
+    result = {"pairs_file": str(pairs), **judge_agreement(make_judge(judge), df, c, cfg)}
     tmp = f"{out}.tmp"
     with open(tmp, "w") as fh:
         json.dump(result, fh, indent=2)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from judges.backends import JudgeConfig
 from judges.feedback import FeedbackConfig
 from rlaif.evaluate import EvalConfig
 from rlaif.generation import GenerateConfig
@@ -41,10 +40,7 @@ class PipelineConfig(BaseModel):
     """Data root for Parquet datasets, checkpoints and reports (env RLAIF_DATA)."""
     policy_model: str = EMBEDDED_MODEL
     """Policy and reference model: the embedded model's name or a local HF folder."""
-    judge_model: str = EMBEDDED_MODEL
-    """Judge model: the embedded model's name or a local HF folder."""
-    judge_backend: Literal["transformers"] = "transformers"
-    """Where the judge runs."""
+    judge: JudgeConfig = JudgeConfig()
     run_id: str | None = None
     """Name of this run in every row and folder; None: a new timestamped id."""
     generate: GenerateConfig = GenerateConfig()
@@ -63,8 +59,7 @@ class RunContext(BaseModel):
     constitution_sha: str
     prompts: str | None
     policy_model: str
-    judge_model: str
-    judge_backend: str = "transformers"
+    judge: JudgeConfig
 
     def lineage(self, policy_model: str | None = None, judge_model: str = "") -> Lineage:
         from prefect.runtime import flow_run

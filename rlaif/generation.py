@@ -72,11 +72,15 @@ def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperatu
     return enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int,
-             temperature: float, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-             desc: str = "generating") -> list[Generation]:
+def generate(model, tokenizer, conversations: list[list[dict]], **kw) -> list[Generation]:
     """Continue each chat conversation with one assistant turn."""
-    texts = [chat_text(tokenizer, c) for c in conversations]
+    return generate_texts(model, tokenizer, [chat_text(tokenizer, c) for c in conversations], **kw)
+
+
+def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
+                   top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+                   desc: str = "generating") -> list[Generation]:
+    """Continue each prompt text; batch b is sampled with seed + b."""
     results: list[Generation] = []
     eos = tokenizer.eos_token_id
     for b, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch")):

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: preferences gained rationales, score_a, score_b
 
 LINEAGE = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -61,6 +61,8 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         ("p_chosen", _f),    # soft label: P(chosen is better), averaged over both orders
         ("chosen", _s), ("rejected", _s), ("position_consistent", _b),
         ("principle_ids", pa.list_(_s)), ("judge_backend", _s), ("template_version", _s),
+        ("rationales", pa.list_(_s)),  # chain of thought: one per (principle, order)
+        ("score_a", _f), ("score_b", _f),  # direct scores in [-1, 1] (d-RLAIF), when asked
         ("valid", _b), ("invalid_reason", _s),
     ],
     "rm_metrics": [*_METRICS, ("reward_model", _s)],

@@ -10,7 +10,7 @@ from rlaif.store import TABLES, Store
 
 SMALL = {
     "generate": {"n_prompts": 4, "max_new_tokens": 16, "batch_size": 4},
-    "feedback": {"max_new_tokens": 12, "few_shot": 0, "batch_size": 4},
+    "feedback": {"max_new_tokens": 12, "few_shot": 0, "critique_rounds": 1},
     "reward": {"epochs": 1, "batch_size": 2, "max_length": 160},
     "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 12},
     "eval": {"n_prompts": 2, "max_new_tokens": 12},
@@ -24,7 +24,7 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
     results = {}
     for name in ("harmless", "concise"):
         cfg = PipelineConfig.model_validate({"data": str(tmp_path), "constitution": name,
-                                             "policy_model": EMBEDDED_MODEL, "judge_model": EMBEDDED_MODEL,
+                                             "policy_model": EMBEDDED_MODEL, "judge": {"model": EMBEDDED_MODEL, "batch_size": 4},
                                              "run_id": f"e2e-{name}", **SMALL})
         results[name] = pipeline(cfg)
     sha = {n: load_constitution(n).sha for n in results}

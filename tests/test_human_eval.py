@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from judges.backends import JudgeConfig
 from judges.human_eval import PairsFileError, read_hh_pairs
 from rlaif.cli import judge_eval
 
@@ -41,7 +42,8 @@ def test_bad_pairs_files(tmp_path):
 def test_judge_eval_reports_agreement_and_the_length_baseline(tmp_path, tiny_model_dir):
     write_pairs(tmp_path / "p.jsonl.gz", 12)
     out = tmp_path / "r.json"
-    result = judge_eval(str(tmp_path / "p.jsonl.gz"), out=str(out), judge_model=str(tiny_model_dir))
+    result = judge_eval(str(tmp_path / "p.jsonl.gz"), JudgeConfig(model=str(tiny_model_dir)), out=str(out),
+                        direct_scores=True)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["pairs"] == 12
     assert result["baseline/longer_wins"]["agreement"] == 1.0  # the chosen answer is always longer
@@ -50,3 +52,4 @@ def test_judge_eval_reports_agreement_and_the_length_baseline(tmp_path, tiny_mod
         assert 0 <= r["ci_low"] <= r["agreement"] <= r["ci_high"] <= 1
     assert sum(v["n"] for v in result["judge/agreement_per_principle"].values()) == 12
     assert result["judge/pairs_per_s"] > 0
+    assert 0 <= result["judge/direct_agreement"]["agreement"] <= 1

@@ -5,45 +5,62 @@ import pandas as pd
 import pytest
 
 from constitution import load_constitution
-from judges.backends import JudgeError, TransformersJudge, label_token_ids, make_judge
-from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
-                             make_revision_pairs)
-from judges.templates import preference_messages
+from pydantic import ValidationError
+
+from judges.backends import JudgeConfig, JudgeError, TransformersJudge, label_token_ids
+from judges.feedback import (FeedbackConfig, critique_and_revise, expected_rating, label_preferences,
+                             make_pairs, make_revision_pairs)
+from judges.templates import ANSWER_PREFIX, LABELS, RATING_PREFIX, preference_messages
 from rlaif.models import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def judge(tiny_model_dir):
-    return TransformersJudge(str(tiny_model_dir), batch_size=3)
+    return TransformersJudge(JudgeConfig(model=str(tiny_model_dir), batch_size=3))
+
+
+def p_a(judge, convs):
+    probs, errors = judge.choice_probs([judge.chat(c) + ANSWER_PREFIX for c in convs], ANSWER_PREFIX, LABELS)
+    assert errors == [None] * len(convs)
+    return probs[:, 0]
 
 
 def test_label_tokens_are_single_tokens(tiny_model_dir):
-    assert label_token_ids(load_tokenizer(tiny_model_dir)) == [49, 50]
+    tok = load_tokenizer(tiny_model_dir)
+    assert label_token_ids(tok, ANSWER_PREFIX, LABELS) == [49, 50]
+    assert label_token_ids(tok, RATING_PREFIX, [str(d) for d in range(1, 10)]) == list(range(33, 42))
 
 
-def test_tokenizer_without_single_token_labels_is_rejected():
-    class Tok:
-        def encode(self, text, add_special_tokens=False):
-            return [ord(c) for c in text] + ([0] if text.endswith("A") else [])
-
-    with pytest.raises(JudgeError, match="option label 'A' is not a single token"):
-        label_token_ids(Tok())
+def test_tokenizer_without_single_token_labels_is_rejected(tiny_model_dir):
+    with pytest.raises(JudgeError, match="option label '10' is not a single token after 'Rating: '"):
+        label_token_ids(load_tokenizer(tiny_model_dir), RATING_PREFIX, ["10"])
 
 
 def test_option_probs_are_padding_aware(judge):
     p = load_constitution("harmless").principles[0]
     convs = [preference_messages(p, "hi" * n, "short", "a much longer answer " * n) for n in (20, 1, 5, 30, 2)]
-    batched = judge.option_probs(convs)
-    one_by_one = np.concatenate([judge.option_probs([c]) for c in convs])
+    batched = p_a(judge, convs)
+    one_by_one = np.concatenate([p_a(judge, [c]) for c in convs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
-    in_order = TransformersJudge(judge.model_id, batch_size=3, sort_by_length=False).option_probs(convs)
-    np.testing.assert_allclose(batched, in_order, atol=1e-5)
+    in_order = TransformersJudge(judge.cfg, sort_by_length=False)
+    np.testing.assert_allclose(batched, p_a(in_order, convs), atol=1e-5)
     assert ((batched > 0) & (batched < 1)).all()
 
 
-def test_unknown_backend():
-    with pytest.raises(JudgeError, match="unknown judge backend 'nope'"):
-        make_judge("x", "nope")
+def test_unknown_backend_is_a_config_error():
+    with pytest.raises(ValidationError, match="backend"):
+        JudgeConfig(backend="nope")
+
+
+def test_expected_rating_maps_one_to_ten_onto_minus_one_to_one():
+    onehot = np.eye(9)
+    no_ten = np.zeros(9)
+    np.testing.assert_allclose(expected_rating(onehot, no_ten), (np.arange(1, 10) - 5.5) / 4.5)
+    # All mass on "1" followed by "0" is a 10.
+    np.testing.assert_allclose(expected_rating(onehot[:1], np.ones(1)), [1.0])
+    # Half "1" (then 50% "0") and half "5": 0.25*1 + 0.25*10 + 0.5*5 = 5.25
+    mixed = np.zeros((1, 9)); mixed[0, 0] = mixed[0, 4] = 0.5
+    np.testing.assert_allclose(expected_rating(mixed, np.array([0.5])), [(5.25 - 5.5) / 4.5])
 
 
 def responses_frame():
@@ -87,3 +104,50 @@ def test_revision_pairs_put_the_original_against_its_final_revision(judge):
     final = rows[rows["round"] == 1].set_index("response_id")["revision"]
     p1 = pairs.set_index("pair_id").loc["p1/s0/revision"]
     assert p1["response_a"] == "fine" and p1["response_b"] == final["p1/s0"]
+
+
+def test_chain_of_thought_clamps_and_stores_rationales(judge):
+    c = load_constitution("harmless")
+    cfg = FeedbackConfig(chain_of_thought=True, cot_max_new_tokens=4, cot_clamp=(0.45, 0.55))
+    prefs = label_preferences(judge, make_pairs(responses_frame()), c, cfg)
+    for col in ("p_a_first", "p_a_second", "p_a"):
+        assert prefs[col].between(0.45, 0.55).all(), col
+    assert prefs["rationales"].map(len).tolist() == [2, 2]  # one per order
+    assert (prefs["template_version"] == "v1-cot").all()
+
+
+def test_direct_scores_are_in_range_and_differ_by_response(judge):
+    c = load_constitution("harmless")
+    prefs = label_preferences(judge, make_pairs(responses_frame()), c, FeedbackConfig(direct_scores=True))
+    scores = np.concatenate([prefs["score_a"], prefs["score_b"]])
+    assert np.isfinite(scores).all() and (np.abs(scores) <= 1).all()
+    row = prefs.set_index("prompt_id").loc["p1"]
+    assert row["score_a"] != row["score_b"]
+    off = label_preferences(judge, make_pairs(responses_frame()), c, FeedbackConfig())
+    assert off["score_a"].isna().all()
+
+
+def test_continuation_logprob_matches_one_sequence_at_a_time(judge):
+    import torch
+
+    ctx, cont = ["a short context", "a much longer context " * 6], [" yes", " no, not at all"]
+    batched = judge.continuation_logprob(ctx, cont)
+    for c, r, got in zip(ctx, cont, batched):
+        ids = judge.tokenizer.encode(c + r, add_special_tokens=False)
+        n = len(judge.tokenizer.encode(r, add_special_tokens=False))
+        with torch.no_grad():
+            logp = torch.log_softmax(judge.model(torch.tensor([ids])).logits[0, :-1], -1)
+        want = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][-n:].sum().item()
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_contrastive_scoring_is_order_free(judge):
+    c = load_constitution("harmless")
+    cfg = FeedbackConfig(scoring="contrastive", principles_per_pair=2)
+    pairs = make_pairs(responses_frame())
+    prefs = label_preferences(judge, pairs, c, cfg)
+    swapped = pairs.rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    again = label_preferences(judge, swapped, c, cfg)
+    np.testing.assert_allclose(prefs["p_a"], 1 - again["p_a"], atol=1e-6)
+    assert prefs["position_consistent"].all() and (prefs["template_version"] == "v1-contrastive").all()
+    assert prefs.set_index("prompt_id").at["p1", "p_a"] != 0.5

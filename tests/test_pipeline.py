@@ -23,7 +23,7 @@ def pipeline_run(prefect_harness, tiny_model_dir, tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data")
     cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
-                                         "judge_model": str(tiny_model_dir), "run_id": "tiny-run", **TINY})
+                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "tiny-run", **TINY})
     return data, pipeline(cfg)
 
 
@@ -73,7 +73,7 @@ def test_rerun_with_same_run_id_replaces_rows(pipeline_run, tiny_model_dir):
     data, _ = pipeline_run
     before = {t: len(Store(data).read(t)) for t in TABLES}
     cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
-                                         "judge_model": str(tiny_model_dir), "run_id": "tiny-run", **TINY})
+                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "tiny-run", **TINY})
     pipeline(cfg)
     assert {t: len(Store(data).read(t)) for t in TABLES} == before
 
@@ -94,12 +94,15 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
 
     data, _ = pipeline_run
     cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
-                                         "judge_model": str(tiny_model_dir), "run_id": "rev-run",
+                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "rev-run",
                                          **TINY, "feedback": {"max_new_tokens": 5, "pair_source": "revision"}})
     pipeline(cfg)
     store = Store(data)
     prefs = store.read("preferences", run_id="rev-run").set_index("prompt_id")
-    crit = store.read("critiques", run_id="rev-run").set_index("prompt_id")
-    assert len(prefs) == len(crit) == 5
-    assert (prefs["response_a"] == crit.loc[prefs.index, "response"]).all()
-    assert (prefs["response_b"] == crit.loc[prefs.index, "revision"]).all()
+    crit = store.read("critiques", run_id="rev-run")
+    assert sorted(crit["round"].unique()) == [0, 1]  # two critique rounds by default
+    first = crit[crit["round"] == 0].set_index("prompt_id")
+    final = crit[crit["round"] == 1].set_index("prompt_id")
+    assert len(prefs) == len(first) == len(final) == 5
+    assert (prefs["response_a"] == first.loc[prefs.index, "response"]).all()
+    assert (prefs["response_b"] == final.loc[prefs.index, "revision"]).all()

@@ -1,0 +1,71 @@
+"""Which judge set-up agrees with humans most? Runs `judge_agreement` on the same hh-rlhf
+pairs for each judge model and scoring variant, and prints one table.
+
+    .venv/bin/python bench/judge_study.py [--pairs FILE] [--n 200] [--models smollm2-135m-instruct gemma3-270m-it]
+
+Writes bench/results/<date>-judge-study.json. Chance is 0.5; the "longer response wins"
+baseline is on the same pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from pathlib import Path
+
+from constitution import load_constitution
+from judges.backends import JudgeConfig, make_judge
+from judges.feedback import FeedbackConfig
+from judges.human_eval import judge_agreement, read_hh_pairs
+from rlaif.models import EMBEDDED_MODEL
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = {
+    "labels, chat template": {},
+    "labels, raw text": {"judge_prompt": "raw"},
+    "labels, 3 principles averaged": {"principles_per_pair": 3},
+    "contrastive likelihood": {"scoring": "contrastive"},
+    "direct 1-10 score (d-RLAIF)": {"direct_scores": True},
+    "labels after chain of thought": {"chain_of_thought": True},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="../shared/data/hh-rlhf-harmless-dev.jsonl.gz")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--models", nargs="+", default=[EMBEDDED_MODEL])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = ap.parse_args()
+
+    pairs, c = read_hh_pairs(args.pairs, args.n), load_constitution("harmless")
+    rows, baseline = [], None
+    out = RESULTS / f"{date.today().isoformat()}-judge-study.json"
+    RESULTS.mkdir(exist_ok=True)
+    for model in args.models:
+        judge = make_judge(JudgeConfig(model=model))
+        for name in args.variants:
+            cfg = FeedbackConfig(**VARIANTS[name])
+            r = judge_agreement(judge, pairs, c, cfg)
+            key = "judge/direct_agreement" if cfg.direct_scores else "judge/agreement"
+            baseline = r["baseline/longer_wins"]
+            rows.append({"model": model, "variant": name, **r[key],
+                         "no_swap": r["judge/agreement_no_swap"]["agreement"],
+                         "position_consistency": r["judge/agreement"]["position_consistency"],
+                         "pairs_per_s": r["judge/pairs_per_s"], "invalid": r["judge/invalid_pairs"]})
+            print(rows[-1], flush=True)
+            out.write_text(json.dumps({"pairs": len(pairs), "pairs_file": args.pairs,
+                                       "baseline/longer_wins": baseline, "rows": rows}, indent=2))
+    print(f"\n{len(pairs)} hh-rlhf harmless pairs; chance 0.5; longer response wins: "
+          f"{baseline['agreement']:.3f} [{baseline['ci_low']:.3f}-{baseline['ci_high']:.3f}]\n")
+    print("| judge | scoring | agreement | 95% CI | one order | position consistency | pairs/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['variant']} | {r['agreement']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} "
+              f"| {r['no_swap']:.3f} | {r['position_consistency']:.3f} | {r['pairs_per_s']:.2f} |")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
