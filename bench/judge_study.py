@@ -3,7 +3,7 @@ pairs for each judge model and scoring variant, and prints one table.
 
     .venv/bin/python bench/judge_study.py [--pairs FILE] [--n 200] [--models smollm2-135m-instruct gemma3-270m-it]
 
-Writes bench/results/<date>-judge-study.json. Chance is 0.5; the "longer response wins"
+Writes bench/results/<date>-judge-study-<models>.json. Chance is 0.5; the "longer response wins"
 baseline is on the same pairs.
 """
 
@@ -41,7 +41,7 @@ def main() -> None:
 
     pairs, c = read_hh_pairs(args.pairs, args.n), load_constitution("harmless")
     rows, baseline = [], None
-    out = RESULTS / f"{date.today().isoformat()}-judge-study.json"
+    out = RESULTS / f"{date.today().isoformat()}-judge-study-{'+'.join(Path(m).name for m in args.models)}.json"
     RESULTS.mkdir(exist_ok=True)
     for model in args.models:
         judge = make_judge(JudgeConfig(model=model))

@@ -48,7 +48,12 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
     valid = prefs[prefs["valid"]]
     summary = {"judge/critiques": n_crit, "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
                "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
-               "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan")}
+               "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan"),
+               "judge/backend": ctx.judge.backend,
+               **{f"judge/invalid: {reason}": int(n)
+                  for reason, n in prefs["invalid_reason"].dropna().value_counts().items()}}
+    if cfg.direct_scores:
+        summary["judge/mean_direct_score"] = float(valid[["score_a", "score_b"]].stack().mean())
     publish("feedback-summary", "Feedback: critiques and preferences", summary,
             {"critiques": critiques, "preferences": preferences})
     return {"critiques": critiques, "preferences": preferences, **summary}

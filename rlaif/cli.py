@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -60,7 +60,9 @@ def validate(paths: tuple[str, ...]) -> None:
 def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")] = JudgeConfig(),
                out: str = "judge_eval.json", constitution: str = "harmless",
                limit: int | None = 200, principles_per_pair: int = 1,
-               chain_of_thought: bool = False, direct_scores: bool = False, seed: int = 0) -> dict:
+               scoring: Literal["labels", "contrastive"] = "labels",
+               judge_prompt: Literal["chat", "raw"] = "chat", chain_of_thought: bool = False,
+               direct_scores: bool = False, seed: int = 0) -> dict:
     """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
 
     Args:
@@ -70,6 +72,8 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
         constitution: Constitution whose preference questions the judge answers.
         limit: Pairs to read from the start of the file (None: all).
         principles_per_pair: Principles sampled per pair, averaged.
+        scoring: labels (P(A) vs P(B), both orders) or contrastive likelihood.
+        judge_prompt: The question through the judge's chat template, or as raw text.
         chain_of_thought: Write a rationale before reading the labels.
         direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
@@ -84,7 +88,8 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
 
     c = load_constitution(constitution)
     df = read_hh_pairs(pairs, limit)
-    cfg = FeedbackConfig(principles_per_pair=principles_per_pair, chain_of_thought=chain_of_thought,
+    cfg = FeedbackConfig(principles_per_pair=principles_per_pair, scoring=scoring,
+                         judge_prompt=judge_prompt, chain_of_thought=chain_of_thought,
                          direct_scores=direct_scores, seed=seed)
     result = {"pairs_file": str(pairs), **judge_agreement(make_judge(judge), df, c, cfg)}
     tmp = f"{out}.tmp"

@@ -95,7 +95,9 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     data, _ = pipeline_run
     cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
                                          "judge": {"model": str(tiny_model_dir)}, "run_id": "rev-run",
-                                         **TINY, "feedback": {"max_new_tokens": 5, "pair_source": "revision"}})
+                                         **TINY, "feedback": {"max_new_tokens": 5, "pair_source": "revision",
+                                                                  "chain_of_thought": True, "cot_max_new_tokens": 3,
+                                                                  "direct_scores": True}})
     pipeline(cfg)
     store = Store(data)
     prefs = store.read("preferences", run_id="rev-run").set_index("prompt_id")
@@ -106,3 +108,6 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     assert len(prefs) == len(first) == len(final) == 5
     assert (prefs["response_a"] == first.loc[prefs.index, "response"]).all()
     assert (prefs["response_b"] == final.loc[prefs.index, "revision"]).all()
+    # Chain of thought and direct scores went through the flow into the table.
+    assert prefs["rationales"].map(len).eq(2).all() and prefs["p_a"].between(0.4, 0.6).all()
+    assert prefs[["score_a", "score_b"]].abs().le(1).all().all()

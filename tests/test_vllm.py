@@ -97,3 +97,31 @@ def test_openai_backend_writes_critiques_through_the_server(vllm_server):
     out = judge.generate([[{"role": "user", "content": "Say hello."}]] * 3, max_new_tokens=8,
                          temperature=0.7, seed=0)
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
+
+
+def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path):
+    """The feedback stage as a Prefect flow, every judge call going to the vLLM server."""
+    from constitution.loader import resolve_path
+    from flows.feedback import feedback_flow
+    from rlaif.config import RunContext
+    from rlaif.store import Lineage, Store
+
+    c = load_constitution("harmless")
+    p = pairs()
+    responses = pd.DataFrame({
+        "prompt_id": list(p["prompt_id"]) * 2, "split": "train", "prompt": list(p["prompt"]) * 2,
+        "response_id": [f"{i}/s{s}" for s in (0, 1) for i in p["prompt_id"]],
+        "sample_idx": [s for s in (0, 1) for _ in range(len(p))],
+        "response": list(p["response_a"]) + list(p["response_b"]), "n_tokens": 10, "has_eos": True,
+        "temperature": 0.8, "seed": 0,
+    })
+    store = Store(tmp_path)
+    path = store.write("responses", responses, key="r", lineage=Lineage(run_id="http", constitution_sha=c.sha))
+    judge = JudgeConfig(backend="openai", base_url=vllm_server, served_model="judge")
+    ctx = RunContext(run_id="http", data=str(tmp_path), constitution_path=str(resolve_path("harmless").resolve()), constitution_sha=c.sha,
+                     prompts=None, policy_model=EMBEDDED_MODEL, judge=judge)
+    result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, max_new_tokens=6, direct_scores=True))
+    prefs = store.read("preferences", run_id="http")
+    assert len(prefs) == 6 and prefs["valid"].all() and (prefs["judge_backend"] == "openai").all()
+    assert result["judge/valid_pairs"] == 6
+    assert len(store.read("critiques", run_id="http")) == 6
