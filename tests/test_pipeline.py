@@ -109,5 +109,5 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     assert (prefs["response_a"] == first.loc[prefs.index, "response"]).all()
     assert (prefs["response_b"] == final.loc[prefs.index, "revision"]).all()
     # Chain of thought and direct scores went through the flow into the table.
-    assert prefs["rationales"].map(len).eq(2).all() and prefs["p_a"].between(0.4, 0.6).all()
+    assert prefs["rationales"].map(len).eq(2).all() and prefs["p_chosen"].between(0.5, 0.6).all()
     assert prefs[["score_a", "score_b"]].abs().le(1).all().all()
