@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from constitution import Constitution
 from judges.backends import JudgeError
@@ -55,6 +55,13 @@ class FeedbackConfig(BaseModel):
     clamped to `cot_clamp`, because a rationale makes the label near-certain."""
     cot_clamp: tuple[float, float] = (0.4, 0.6)
     """Band P(A) is clamped to when chain_of_thought is on."""
+    @field_validator("cot_clamp")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= 0.5 <= v[1] <= 1.0:
+            raise ValueError(f"cot_clamp {v}: expected (low, high) with 0 <= low <= 0.5 <= high <= 1")
+        return v
+
     cot_max_new_tokens: int = 64
     """Length cap on each rationale, in tokens."""
     direct_scores: bool = False
