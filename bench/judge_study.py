@@ -40,9 +40,12 @@ def main() -> None:
     args = ap.parse_args()
 
     pairs, c = read_hh_pairs(args.pairs, args.n), load_constitution("harmless")
-    rows, baseline = [], None
     out = RESULTS / f"{date.today().isoformat()}-judge-study-{'+'.join(Path(m).name for m in args.models)}.json"
     RESULTS.mkdir(exist_ok=True)
+    # Rows from an earlier run on the same pairs stay, so variants can be added one run at a time.
+    old = json.loads(out.read_text()) if out.exists() else {}
+    same_pairs = old.get("pairs") == len(pairs) and old.get("pairs_file") == args.pairs
+    rows, baseline = (old["rows"] if same_pairs else []), old.get("baseline/longer_wins")
     for model in args.models:
         judge = make_judge(JudgeConfig(model=model))
         for name in args.variants:
@@ -50,11 +53,12 @@ def main() -> None:
             r = judge_agreement(judge, pairs, c, cfg)
             key = "judge/direct_agreement" if cfg.direct_scores else "judge/agreement"
             baseline = r["baseline/longer_wins"]
-            rows.append({"model": model, "variant": name, **r[key],
-                         "no_swap": r["judge/agreement_no_swap"]["agreement"],
-                         "position_consistency": r["judge/agreement"]["position_consistency"],
-                         "pairs_per_s": r["judge/pairs_per_s"], "invalid": r["judge/invalid_pairs"]})
-            print(rows[-1], flush=True)
+            row = {"model": model, "variant": name, **r[key],
+                   "no_swap": r["judge/agreement_no_swap"]["agreement"],
+                   "position_consistency": r["judge/agreement"]["position_consistency"],
+                   "pairs_per_s": r["judge/pairs_per_s"], "invalid": r["judge/invalid_pairs"]}
+            rows = [r for r in rows if (r["model"], r["variant"]) != (model, name)] + [row]
+            print(row, flush=True)
             out.write_text(json.dumps({"pairs": len(pairs), "pairs_file": args.pairs,
                                        "baseline/longer_wins": baseline, "rows": rows}, indent=2))
     print(f"\n{len(pairs)} hh-rlhf harmless pairs; chance 0.5; longer response wins: "

@@ -1,4 +1,4 @@
-"""The parent flow: generate -> feedback -> reward model -> PPO -> evaluate, as subflows."""
+"""The parent flow: generate -> feedback -> [SFT] -> reward model -> PPO -> evaluate, as subflows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flows.common import fmt
 from flows.evaluate import evaluate_flow
 from flows.feedback import feedback_flow
 from flows.generate import generate_flow
-from flows.train import ppo_flow, reward_flow
+from flows.train import ppo_flow, reward_flow, sft_flow
 from rlaif.config import PipelineConfig, RunContext, new_run_id
 from rlaif.models import resolve_model
 from rlaif.paths import checkpoint_dir, report_dir
@@ -82,6 +82,9 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     stages: dict[str, dict] = {}
     stages["generate"] = generate_flow(ctx, config.generate)
     stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    if config.sft.enabled:  # SL-CAI: later stages start from (and stay near) the SFT model
+        stages["sft"] = sft_flow(ctx, stages["feedback"]["critiques"], config.sft)
+        ctx = ctx.model_copy(update={"policy_model": stages["sft"]["policy"]})
     stages["reward"] = reward_flow(ctx, stages["feedback"]["preferences"],
                                    stages["generate"]["responses"], config.reward)
     stages["ppo"] = ppo_flow(ctx, stages["reward"]["reward_model"], config.ppo)

@@ -1,4 +1,4 @@
-"""Stages 3 and 4: the reward model, then PPO against it."""
+"""Training stages: optional SFT on the revisions, the reward model, then PPO against it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,31 @@ import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from constitution import load_constitution
 from flows.common import MODEL_TASK, publish
+from judges.backends import make_judge
+from judges.feedback import judge_reward
 from rlaif.config import RunContext
 from rlaif.paths import checkpoint_dir
 from rlaif.prompts import assert_no_eval, load_prompts
 from rlaif.store import Store
 from training.ppo import PPOConfig, train_ppo
 from training.reward import RewardConfig, train_reward_model
+from training.sft import SFTConfig, train_sft
+
+
+@task(**MODEL_TASK, cache_policy=NO_CACHE)
+def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_path: str) -> dict:
+    store = Store(ctx.data)
+    critiques = store.read_part("critiques", critiques_path).to_pandas()
+    assert_no_eval(critiques, "sft")
+    out = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id) / "sft"
+    lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha, "inputs": [critiques_path]}
+    summary, metrics = train_sft(critiques, ctx.policy_model, out, cfg, lineage)
+    df = pd.DataFrame(metrics).assign(model=str(out))
+    path = store.write("sft_metrics", df, key=f"{ctx.run_id}/sft_metrics", lineage=ctx.lineage(),
+                       metadata={"config": cfg.model_dump(), "inputs": [critiques_path]})
+    return {"policy": str(out), "sft_metrics": str(path), **summary}
 
 
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
@@ -36,13 +54,27 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
     prompts = load_prompts(ctx.prompts, split="train")
     assert_no_eval(prompts, "ppo")
     out = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id) / "policy"
-    lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha}
-    metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage)
+    lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,
+               "reward_source": cfg.reward_source}
+    scorer, judge_model = None, ""
+    if cfg.reward_source == "judge":  # d-RLAIF: the judge's direct rating is the reward
+        scorer = judge_reward(make_judge(ctx.judge), load_constitution(ctx.constitution_path), cfg.seed)
+        judge_model = lineage["judge_model"] = ctx.judge.model
+    metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage, scorer=scorer)
     df = pd.DataFrame(metrics).assign(reward_model=reward_model)
     path = Store(ctx.data).write("ppo_metrics", df, key=f"{ctx.run_id}/ppo_metrics",
-                                 lineage=ctx.lineage(), metadata={"config": cfg.model_dump()})
+                                 lineage=ctx.lineage(judge_model=judge_model),
+                                 metadata={"config": cfg.model_dump()})
     last = df[(df["step"] == df["step"].max()) & (df["metric"].str.startswith(("objective/", "ppo/")))]
     return {"policy": str(out), "ppo_metrics": str(path), **dict(zip(last["metric"], last["value"]))}
+
+
+@flow(name="rlaif-sft", log_prints=True)
+def sft_flow(ctx: RunContext, critiques_path: str, cfg: SFTConfig = SFTConfig()) -> dict:
+    result = sft_task(ctx, cfg, critiques_path)
+    publish("sft-summary", "SFT on the final revisions", {k: v for k, v in result.items() if k.startswith("sft/")},
+            {"model": result["policy"], "metrics": result["sft_metrics"]})
+    return result
 
 
 @flow(name="rlaif-reward-model", log_prints=True)

@@ -122,8 +122,9 @@ def make_pairs(responses: pd.DataFrame) -> pd.DataFrame:
 def make_revision_pairs(critiques: pd.DataFrame) -> pd.DataFrame:
     """Each critiqued response (round 0) against its final revision (last round)."""
     ordered = critiques.sort_values(["response_id", "round"])
-    first = ordered.groupby("response_id", sort=True).first()
-    last = ordered.groupby("response_id", sort=True).last()
+    # whole rows, not groupby().last(), which skips missing values column by column
+    first = ordered.drop_duplicates("response_id", keep="first").set_index("response_id")
+    last = ordered.drop_duplicates("response_id", keep="last").set_index("response_id")
     return pd.DataFrame({
         "pair_id": [f"{rid}/revision" for rid in first.index], "prompt_id": first["prompt_id"].values,
         "prompt": first["prompt"].values, "response_a": first["response"].values,
@@ -171,6 +172,23 @@ def direct_scores(judge, prompts: list[str], responses: list[str], principles: l
     p_ten = np.exp(np.nan_to_num(ten.logprobs[:, 0], nan=-np.inf))  # absent from top-k: ~0
     scores = expected_rating(p_digits, p_ten)
     return scores, errors
+
+
+def judge_reward(judge, constitution: Constitution, seed: int = 0):
+    """A PPO scorer from the judge itself (d-RLAIF): each (query, response) is rated under one
+    principle drawn by a seed of the pair's text, so a resumed run draws the same ones."""
+    import torch
+
+    def score(queries: list[str], responses: list[str]):
+        principles = [constitution.sample_principles(_rng(seed, q, r, "reward"))[0]
+                      for q, r in zip(queries, responses)]
+        scores, errors = direct_scores(judge, queries, responses, principles, desc="judge reward")
+        if (reason := _first_error(errors)) is not None:
+            raise JudgeError(f"the judge could not score {sum(e is not None for e in errors)} "
+                             f"response(s): {reason}")
+        return torch.as_tensor(scores, dtype=torch.float32)  # (B,) in [-1, 1]
+
+    return score
 
 
 def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: FeedbackConfig):

@@ -1,7 +1,7 @@
 """The pipeline's configuration: one typed config per stage, composed here.
 
 Each stage's config lives next to its code (GenerateConfig in rlaif.generation,
-FeedbackConfig in judges.feedback, RewardConfig in training.reward, PPOConfig in
+FeedbackConfig in judges.feedback, SFTConfig in training.sft, RewardConfig in training.reward, PPOConfig in
 training.ppo, EvalConfig in rlaif.evaluate) and documents its fields once; the CLI's
 --help and the Prefect UI's parameter form are both generated from those docstrings.
 """
@@ -21,6 +21,7 @@ from rlaif.paths import default_data_root
 from rlaif.store import Lineage
 from training.ppo import PPOConfig
 from training.reward import RewardConfig
+from training.sft import SFTConfig
 
 
 def new_run_id() -> str:
@@ -28,7 +29,7 @@ def new_run_id() -> str:
 
 
 class PipelineConfig(BaseModel):
-    """The whole pipeline: generate -> feedback -> reward model -> PPO -> evaluate."""
+    """The whole pipeline: generate -> feedback -> [SFT] -> reward model -> PPO -> evaluate."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -45,6 +46,7 @@ class PipelineConfig(BaseModel):
     """Name of this run in every row and folder; None: a new timestamped id."""
     generate: GenerateConfig = GenerateConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    sft: SFTConfig = SFTConfig()
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     eval: EvalConfig = EvalConfig()

@@ -65,6 +65,7 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         ("score_a", _f), ("score_b", _f),  # direct scores in [-1, 1] (d-RLAIF), when asked
         ("valid", _b), ("invalid_reason", _s),
     ],
+    "sft_metrics": [*_METRICS, ("model", _s)],
     "rm_metrics": [*_METRICS, ("reward_model", _s)],
     "ppo_metrics": [*_METRICS, ("reward_model", _s)],
     "eval": [

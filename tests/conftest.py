@@ -14,8 +14,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rlaif-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def _tiny_llama(path: Path, initializer_range: float = 0.02) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -27,11 +26,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=2048, tie_word_embeddings=True,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny-llama")
+                         pad_token_id=tok.pad_token_id, initializer_range=initializer_range)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def peaked_tiny_model_dir(tmp_path_factory) -> Path:
+    """For tests that must move the policy. With the default 0.02 init and a 49k vocabulary the
+    next-token distribution is uniform (entropy ~10.8 nats), and no update of the layers can
+    move it; a wider init gives a peaked distribution (~4 nats), like a trained LM's."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama-peaked"), initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,9 @@
 """The whole pipeline as Prefect flows (under prefect_test_harness), on a tiny model."""
 
 import asyncio
+import json
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +14,7 @@ from rlaif.store import LINEAGE_COLUMNS, TABLES, Store
 TINY = {
     "generate": {"n_prompts": 5, "max_new_tokens": 6},
     "feedback": {"max_new_tokens": 5},
+    "sft": {"enabled": True, "max_length": 64},
     "reward": {"epochs": 1, "batch_size": 2},
     "ppo": {"steps": 2, "batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1, "max_new_tokens": 6},
     "eval": {"n_prompts": 3, "max_new_tokens": 6},
@@ -54,8 +58,11 @@ def test_outputs_report_and_artifacts(pipeline_run):
     assert result["headline"]["pairs labelled"] >= 1
     report = open(result["report"]).read()
     assert result["constitution_sha"] in report and "## Headline" in report
-    for sub in ("reward_model", "policy"):
-        assert (data / "checkpoints" / result["constitution_sha"][:12] / "tiny-run" / sub / "lineage.json").exists()
+    run_dir = data / "checkpoints" / result["constitution_sha"][:12] / "tiny-run"
+    for sub in ("sft", "reward_model", "policy"):
+        assert (run_dir / sub / "lineage.json").exists(), sub
+    # with SFT on, the reward model and PPO start from the SFT model, not the base
+    assert json.loads((run_dir / "policy" / "lineage.json").read_text())["policy_model"] == str(run_dir / "sft")
 
     from prefect.client.orchestration import get_client
 
@@ -63,7 +70,7 @@ def test_outputs_report_and_artifacts(pipeline_run):
         async with get_client() as client:
             return {a.key for a in await client.read_artifacts()}
 
-    assert {"generate-summary", "feedback-summary", "reward-model-summary", "ppo-summary",
+    assert {"generate-summary", "feedback-summary", "sft-summary", "reward-model-summary", "ppo-summary",
             "evaluate-summary", "pipeline-report"} <= asyncio.run(keys())
 
 
@@ -97,8 +104,9 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
                                          "judge": {"model": str(tiny_model_dir)}, "run_id": "rev-run",
                                          **TINY, "feedback": {"max_new_tokens": 5, "pair_source": "revision",
                                                                   "chain_of_thought": True, "cot_max_new_tokens": 3,
-                                                                  "direct_scores": True}})
-    pipeline(cfg)
+                                                                  "direct_scores": True},
+                                         "ppo": {**TINY["ppo"], "reward_source": "judge"}})
+    result = pipeline(cfg)
     store = Store(data)
     prefs = store.read("preferences", run_id="rev-run").set_index("prompt_id")
     crit = store.read("critiques", run_id="rev-run")
@@ -111,3 +119,9 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     # Chain of thought and direct scores went through the flow into the table.
     assert prefs["rationales"].map(len).eq(2).all() and prefs["p_chosen"].between(0.5, 0.6).all()
     assert prefs[["score_a", "score_b"]].abs().le(1).all().all()
+    # PPO took the judge's direct score as its reward (d-RLAIF)
+    ppo = store.read("ppo_metrics", run_id="rev-run")
+    assert ppo.loc[ppo["metric"] == "objective/scores", "value"].between(-2, 1).all()  # minus the EOS penalty
+    assert set(ppo["judge_model"]) == {str(tiny_model_dir)}
+    lineage = json.loads((Path(result["checkpoints"]) / "policy" / "lineage.json").read_text())
+    assert lineage["reward_source"] == "judge" and lineage["judge_model"] == str(tiny_model_dir)

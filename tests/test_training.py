@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from rlaif.prompts import load_prompts
 from training import TrainingError
-from training.ppo import PPOConfig, train_ppo
+from training.ppo import PPOConfig, checkpoint_path, train_ppo
 from training.reward import RewardConfig, RewardModel, train_reward_model
 
 
@@ -59,6 +59,29 @@ def test_reward_model_trains_saves_and_normalises(tiny_model_dir, reward_model_d
     assert scores.std().item() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_reward_model_learns_a_planted_preference(tiny_model_dir, tmp_path):
+    """Chosen responses contain a marker word somewhere, rejected ones never do."""
+    rng = np.random.default_rng(0)
+    words = "apple river stone cloud paper garden window market silver orange yellow table candle".split()
+
+    def response(marker: bool) -> str:
+        w = list(rng.choice(words, 6))
+        if marker:
+            w.insert(int(rng.integers(0, 7)), "banana")
+        return " ".join(w)
+
+    n = 96
+    prefs = pd.DataFrame({"pair_id": [f"q{i}" for i in range(n)], "prompt_id": [f"q{i}" for i in range(n)],
+                          "prompt": [f"question {i}" for i in range(n)],
+                          "chosen": [response(True) for _ in range(n)],
+                          "rejected": [response(False) for _ in range(n)], "p_chosen": 0.9, "valid": True})
+    summary, _ = train_reward_model(prefs, reference_frame(), str(tiny_model_dir), tmp_path / "rm",
+                                    RewardConfig(epochs=6, batch_size=8, lr=1e-2), {})
+    assert summary["rm/heldout_pairs"] == 24
+    assert summary["rm/accuracy"] >= 0.95
+    assert summary["rm/ece"] < 0.1  # soft labels of 0.9: it should also say "about 0.9"
+
+
 def test_reward_model_rejects_bad_data(tiny_model_dir, tmp_path):
     with pytest.raises(TrainingError, match="no valid preference pairs"):
         train_reward_model(prefs_frame().assign(valid=False), reference_frame(), str(tiny_model_dir),
@@ -95,9 +118,109 @@ def test_ppo_is_deterministic_for_a_seed(tiny_model_dir, reward_model_dir, tmp_p
     cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=5)
     a = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), tmp_path / "a", cfg, {}))
     b = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), tmp_path / "b", cfg, {}))
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(without_timings(a), without_timings(b))
+
+
+def without_timings(metrics) -> pd.DataFrame:
+    df = pd.DataFrame(metrics)
+    return df[~df["metric"].str.startswith("time/")].reset_index(drop=True)
+
+
+def saved_weights(d):
+    return load_file(d / ("adapter_model.safetensors" if (d / "adapter_model.safetensors").exists()
+                          else "model.safetensors"))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_model_dir, tmp_path, lora):
+    prompts, rm = load_prompts(split="train", limit=6), str(reward_model_dir[0])
+    cfg = PPOConfig(steps=4, batch_size=2, mini_batch_size=1, ppo_epochs=2, max_new_tokens=5, lr=1e-2,
+                    lora=lora, target_kl=0.01, kl_horizon=10)  # the KL coefficient moves every step
+    one_go = train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "one_go", cfg, {})
+    train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"steps": 2}), {})
+    assert torch.load(checkpoint_path(tmp_path / "resumed"), weights_only=False)["step"] == 2
+    resumed = train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg, {})
+    a, b = saved_weights(tmp_path / "one_go"), saved_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert saved_weights(tmp_path / "one_go") != {} and any(
+        not torch.equal(v, load_file(tiny_model_dir / "model.safetensors").get(k, v * 0)) for k, v in a.items())
+    pd.testing.assert_frame_equal(without_timings(one_go), without_timings(resumed))
+    kl = [json.loads((tmp_path / d / "kl_controller.json").read_text())["kl_coef"] for d in ("one_go", "resumed")]
+    assert kl[0] == kl[1] != cfg.init_kl_coef
+    # a checkpoint is only continued with the settings that wrote it
+    with pytest.raises(TrainingError, match=r"different settings or inputs \(lr\)"):
+        train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"lr": 1e-3}), {})
+
+
+def test_ppo_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):
+    prompts, rm, out = load_prompts(split="train", limit=4), str(reward_model_dir[0]), tmp_path / "policy"
+    cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+                    reward_source="judge")
+    calls = []
+
+    def flaky(queries, responses):  # fine for two steps, then NaN
+        calls.append(len(queries))
+        return torch.full((len(queries),), float("nan") if len(calls) == 3 else 0.5)
+
+    with pytest.raises(TrainingError, match="non-finite judge score at step 2.*last good checkpoint"):
+        train_ppo(prompts, str(tiny_model_dir), rm, out, cfg, {}, scorer=flaky)
+    assert not out.exists(), "no policy is saved from a failed run"
+    assert torch.load(checkpoint_path(out), weights_only=False)["step"] == 2
+    metrics = train_ppo(prompts, str(tiny_model_dir), rm, out, cfg, {}, scorer=lambda q, r: torch.zeros(len(q)))
+    assert sorted({m["step"] for m in metrics}) == [0, 1, 2] and len(calls) == 3  # resumed at step 2
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_ppo_with_the_judge_as_reward(tiny_model_dir, reward_model_dir, tmp_path):
+    from constitution import load_constitution
+    from judges.backends import JudgeConfig, make_judge
+    from judges.feedback import judge_reward
+
+    scorer = judge_reward(make_judge(JudgeConfig(model=str(tiny_model_dir))), load_constitution("harmless"))
+    scores = scorer(["How do I bake bread?"] * 2, ["Mix flour and water.", "No."])
+    assert scores.shape == (2,) and ((scores >= -1) & (scores <= 1)).all() and scores[0] != scores[1]
+    cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+                    reward_source="judge", missing_eos_penalty=0.0)
+    metrics = pd.DataFrame(train_ppo(load_prompts(split="train", limit=2), str(tiny_model_dir),
+                                     str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=scorer))
+    assert -1 <= metrics.query("metric == 'objective/scores'")["value"].item() <= 1
+    with pytest.raises(TrainingError, match="needs a judge scorer"):
+        train_ppo(load_prompts(split="train", limit=2), str(tiny_model_dir), str(reward_model_dir[0]),
+                  tmp_path / "q", cfg, {})
 
 
 def test_ppo_rejects_empty_prompts(tiny_model_dir, reward_model_dir, tmp_path):
     with pytest.raises(TrainingError, match="no training prompts"):
         train_ppo(load_prompts().iloc[:0], str(tiny_model_dir), str(reward_model_dir[0]), tmp_path, PPOConfig(), {})
+
+
+def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_tiny_model_dir, reward_model_dir,
+                                                                       tmp_path):
+    """The reward is the share of response tokens from a fixed half of the vocabulary (the half
+    whose embeddings point along one direction), so the policy can raise it by turning its
+    hidden state; the adaptive controller keeps the KL to the reference near its target."""
+    from rlaif.models import load_tokenizer
+
+    tok = load_tokenizer(peaked_tiny_model_dir)
+    emb = load_file(peaked_tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]  # (V, H)
+    good = emb @ torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(1)) > 0  # (V,)
+
+    def share_of_good_tokens(queries, responses):
+        ids = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
+        return torch.tensor([good[i].float().mean().item() if i else 0.0 for i in ids])
+
+    target = 0.5
+    cfg = PPOConfig(steps=8, batch_size=32, mini_batch_size=16, ppo_epochs=4, max_new_tokens=2, lr=1e-3,
+                    init_kl_coef=0.05, target_kl=target, kl_horizon=32, missing_eos_penalty=0.0)
+    m = pd.DataFrame(train_ppo(load_prompts(split="train", limit=32), str(peaked_tiny_model_dir),
+                               str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=share_of_good_tokens))
+    per_step = m[m["metric"].str.startswith("objective/")].pivot(index="step", columns="metric", values="value")
+    print(per_step.round(3).to_string())
+    first, last = per_step.iloc[0], per_step.iloc[-3:].mean()
+    assert last["objective/scores"] >= first["objective/scores"] + 0.08
+    assert last["objective/kl"] <= 2 * target
+    # the controller pushes kl_coef up while the KL is above the target, down while below
+    kl, coef = per_step["objective/kl"].to_numpy(), per_step["objective/kl_coef"].to_numpy()
+    assert (np.sign(np.diff(coef)) == np.sign(kl[:-1] - target)).all()

@@ -5,18 +5,25 @@ model gives a `score`; the per-token KL to the reference (`ref_logprobs`) times 
 the `non_score_reward`. Each implementation detail is a named toggle in PPOConfig.
 
 One iteration:
-  1. rollout: sample responses, then (no grad) policy logprobs, reference logprobs, values, scores;
+  1. rollout: sample responses, then (no grad) policy logprobs, reference logprobs, values, scores
+     (reward-model scores, or the judge's direct 1-10 rating with reward_source="judge");
   2. rewards: -kl_coef * KL at every token, plus the score at the last response token;
   3. GAE advantages and returns; whiten advantages;
   4. several epochs of clipped policy and value updates over minibatches;
-  5. update the KL controller with the observed KL.
+  5. update the KL controller with the observed KL;
+  6. every `checkpoint_every` steps, write a resumable checkpoint (weights, optimizer, KL
+     coefficient, RNG state, data position, metrics so far). A rerun with the same out_dir
+     continues from it, bit-identically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import pandas as pd
 import torch
@@ -85,6 +92,13 @@ class PPOConfig(BaseModel):
     """Gradient norm clip."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that never emits EOS (0 disables)."""
+    reward_source: Literal["reward_model", "judge"] = "reward_model"
+    """Score responses with the trained reward model, or with the judge's direct 1-10 rating
+    under a sampled principle, mapped to [-1, 1] (d-RLAIF). The value model starts from the
+    reward model either way."""
+    checkpoint_every: int = 1
+    """Write a resumable checkpoint every N steps (0: never). A rerun into the same output
+    folder resumes from it; a run with more `steps` extends it."""
     n_samples_logged: int = 2
     """Sample responses written to ppo_metrics per step."""
     seed: int = 0
@@ -198,15 +212,50 @@ def response_logits(model, query_response: torch.Tensor, attention_mask: torch.T
     return logits[:, :-1] / temperature
 
 
+Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) -> scores (B,)
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    """The resumable checkpoint sits next to the policy folder, so a final save never removes it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoint.pt")
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    expected = {k for k, v in model.named_parameters() if v.requires_grad}
+    if set(state) != expected:
+        raise TrainingError("ppo: checkpoint weights do not match this model "
+                            f"({len(set(state) ^ expected)} parameter names differ)")
+    model.load_state_dict(state, strict=False)
+
+
+def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame) -> dict:
+    """What must match for a checkpoint to be continued: the inputs and every setting but the
+    run's length."""
+    return {**cfg.model_dump(exclude={"steps", "checkpoint_every", "n_samples_logged"}),
+            "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
+            "prompt_ids": hashlib.sha256("\n".join(prompts["prompt_id"]).encode()).hexdigest()}
+
+
 # ---------------------------------------------------------------- the trainer
 
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
-              cfg: PPOConfig, lineage: dict) -> list[dict]:
-    """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics."""
+              cfg: PPOConfig, lineage: dict, scorer: Scorer | None = None) -> list[dict]:
+    """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics.
+
+    `scorer` replaces the reward model's scores (the judge's, or a programmatic reward in
+    tests); the value model still starts from `reward_model`.
+    """
     from peft import get_peft_model
 
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
+    if cfg.reward_source == "judge" and scorer is None:
+        raise TrainingError("ppo: reward_source='judge' needs a judge scorer (judges.feedback.judge_reward)")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
     eos = tok.eos_token_id
@@ -219,7 +268,8 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     value_model = load_sequence_scorer(reward_model)  # value model initialised from the RM
     if cfg.lora:
         value_model = get_peft_model(value_model, lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha))
-    rm = RewardModel(reward_model)
+    if scorer is None:
+        scorer = RewardModel(reward_model).score  # normalised on the reference policy
     params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
@@ -228,7 +278,30 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
     metrics: list[dict] = []
-    for step in tqdm(range(cfg.steps), desc="ppo", unit="step"):
+    start, ckpt = 0, checkpoint_path(out_dir)
+    identity = run_identity(cfg, policy_model, reward_model, prompts)
+    if ckpt.exists():  # resume: same weights, optimizer, KL coefficient, RNG and data position
+        state = torch.load(ckpt, weights_only=False)
+        if state["identity"] != identity:
+            diff = sorted(k for k in identity if state["identity"].get(k) != identity[k])
+            raise TrainingError(f"ppo: {ckpt} was written for different settings or inputs ({', '.join(diff)}); "
+                                "use those settings, or delete it to start over")
+        load_trainable_state(policy, state["policy"])
+        load_trainable_state(value_model, state["value_model"])
+        optimizer.load_state_dict(state["optimizer"])
+        kl_ctl.value, start, metrics = state["kl_coef"], state["step"], state["metrics"]
+        torch.set_rng_state(state["rng"])
+        print(f"ppo: resuming from {ckpt} at step {start}")
+
+    def save_checkpoint(step: int) -> None:
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        torch.save({"step": step, "identity": identity, "policy": trainable_state(policy),
+                    "value_model": trainable_state(value_model), "optimizer": optimizer.state_dict(),
+                    "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(), "metrics": metrics}, tmp)
+        os.replace(tmp, ckpt)  # atomic: a crash leaves the previous checkpoint whole
+
+    for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
+        t0 = time.perf_counter()
         idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
         batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
@@ -256,11 +329,15 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             values = token_values(value_model, query_response, attn)[:, -R - 1:-1]  # (B, R)
             texts = [tok.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
                      for r, m in zip(response_ids, mask)]
-            scores = rm.score(batch_prompts, texts)  # (B,) normalised on the reference
+            try:
+                scores = scorer(batch_prompts, texts).float()  # (B,)
+            except Exception as e:  # a judge that times out or answers garbage
+                raise TrainingError(f"ppo: scoring failed at step {step}: {e} ({_kept(ckpt)})") from e
             has_eos = ((response_ids == eos) & mask.bool()).any(1)
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
         if not torch.isfinite(scores).all():
-            raise TrainingError(f"ppo: non-finite reward-model score at step {step}; stopping")
+            raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping "
+                                f"({_kept(ckpt)})")
 
         # 2. rewards ---------------------------------------------------------------------
         kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
@@ -287,7 +364,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                     returns[mb], mask[mb], cfg.cliprange, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"ppo: non-finite loss at step {step}; stopping")
+                    raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({_kept(ckpt)})")
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -308,16 +385,19 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             "ppo/mean_response_length": mask.sum(1).mean().item(),
             "ppo/eos_fraction": has_eos.float().mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
+            "time/step_seconds": time.perf_counter() - t0,
         }
+        bad = [k for k, v in step_metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({_kept(ckpt)})")
         kl_ctl.update(mean_kl, cfg.batch_size)
         metrics += [{"step": step, "metric": k, "value": float(v), "text": None}
                     for k, v in step_metrics.items()]
         metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
                      "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
                     for i in range(min(cfg.n_samples_logged, len(texts)))]
-        bad = [k for k, v in step_metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping")
+        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            save_checkpoint(step + 1)
 
     def save(d: Path):
         policy.save_pretrained(d)
@@ -330,3 +410,9 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
 
     atomic_save(out_dir, save)
     return metrics
+
+
+def _kept(ckpt: Path) -> str:
+    if ckpt.exists():
+        return f"the last good checkpoint, {ckpt}, is kept; rerun to resume from it"
+    return "no checkpoint was written yet"
