@@ -3,7 +3,7 @@ pairs for each judge model and scoring variant, and prints one table.
 
     .venv/bin/python bench/judge_study.py [--pairs FILE] [--n 200] [--models smollm2-135m-instruct gemma3-270m-it]
 
-Writes bench/results/<date>-judge-study-<models>.json. Chance is 0.5; the "longer response wins"
+Writes bench/results/<date>-judge-study-<models>-n<pairs>.json. Chance is 0.5; the "longer response wins"
 baseline is on the same pairs.
 """
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     pairs, c = read_hh_pairs(args.pairs, args.n), load_constitution("harmless")
-    out = RESULTS / f"{date.today().isoformat()}-judge-study-{'+'.join(Path(m).name for m in args.models)}.json"
+    out = RESULTS / f"{date.today().isoformat()}-judge-study-{'+'.join(Path(m).name for m in args.models)}-n{len(pairs)}.json"
     RESULTS.mkdir(exist_ok=True)
     # Rows from an earlier run on the same pairs stay, so variants can be added one run at a time.
     old = json.loads(out.read_text()) if out.exists() else {}

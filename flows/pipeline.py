@@ -20,6 +20,7 @@ from rlaif.config import PipelineConfig, RunContext, new_run_id
 from rlaif.models import resolve_model
 from rlaif.paths import checkpoint_dir, report_dir
 from rlaif.prompts import load_prompts
+from rlaif.store import Store
 
 HEADLINE = {
     "pairs labelled": ("feedback", "judge/valid_pairs"),
@@ -49,7 +50,8 @@ def prepare_run(config: PipelineConfig) -> RunContext:
 
 
 def headline(stages: dict) -> dict:
-    return {label: stages[stage].get(key, float("nan")) for label, (stage, key) in HEADLINE.items()}
+    return {label: stages[stage].get(key, float("nan")) for label, (stage, key) in HEADLINE.items()
+            if stage in stages}  # the feedback and training flows run some stages only
 
 
 @task
@@ -76,20 +78,56 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
     return str(out)
 
 
+@flow(name="rlaif-feedback-collection", log_prints=True)
+def feedback_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    """Generate and label only (stages 1-2): the nightly collection job."""
+    ctx = prepare_run(config)
+    stages: dict[str, dict] = {}
+    stages["generate"] = generate_flow(ctx, config.generate)
+    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    return finish(ctx, stages)
+
+
 @flow(name="rlaif-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     ctx = prepare_run(config)
     stages: dict[str, dict] = {}
     stages["generate"] = generate_flow(ctx, config.generate)
     stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    ctx = train_stages(ctx, config, stages, [stages["feedback"]["preferences"]],
+                       [stages["generate"]["responses"]], [stages["feedback"]["critiques"]])
+    return finish(ctx, stages)
+
+
+@flow(name="rlaif-training", log_prints=True)
+def training_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    """[SFT ->] reward model -> PPO -> evaluate on everything collected so far for this
+    constitution (every run's parts): the weekly retraining job."""
+    ctx = prepare_run(config)
+    parts = {t: [str(p) for p in Store(ctx.data).parts(t, ctx.constitution_sha)]
+             for t in ("preferences", "responses", "critiques")}
+    if not parts["preferences"]:
+        raise ValueError(f"no preferences collected yet for constitution {ctx.constitution_path} "
+                         f"(sha {ctx.constitution_sha[:12]}) under {ctx.data}; run the feedback flow first")
+    stages: dict[str, dict] = {}
+    ctx = train_stages(ctx, config, stages, parts["preferences"], parts["responses"], parts["critiques"])
+    return finish(ctx, stages)
+
+
+def train_stages(ctx: RunContext, config: PipelineConfig, stages: dict, preferences: list[str],
+                 responses: list[str], critiques: list[str]) -> RunContext:
+    """[SFT ->] reward model -> PPO -> evaluate, recording each stage's result in `stages`."""
     if config.sft.enabled:  # SL-CAI: later stages start from (and stay near) the SFT model
-        stages["sft"] = sft_flow(ctx, stages["feedback"]["critiques"], config.sft)
+        stages["sft"] = sft_flow(ctx, critiques, config.sft)
         ctx = ctx.model_copy(update={"policy_model": stages["sft"]["policy"]})
-    stages["reward"] = reward_flow(ctx, stages["feedback"]["preferences"],
-                                   stages["generate"]["responses"], config.reward)
+    stages["reward"] = reward_flow(ctx, preferences, responses, config.reward)
     stages["ppo"] = ppo_flow(ctx, stages["reward"]["reward_model"], config.ppo)
     stages["evaluate"] = evaluate_flow(ctx, stages["ppo"]["policy"], stages["reward"]["reward_model"],
                                        config.eval)
+    return ctx
+
+
+def finish(ctx: RunContext, stages: dict) -> dict:
     report = write_report(ctx, Path(ctx.constitution_path).stem, stages)
     return {
         "run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,

@@ -19,29 +19,36 @@ from training.reward import RewardConfig, train_reward_model
 from training.sft import SFTConfig, train_sft
 
 
+def read_parts(store: Store, table: str, paths: list[str]) -> pd.DataFrame:
+    if not paths:
+        raise ValueError(f"no {table} parts to read")
+    return pd.concat([store.read_part(table, p).to_pandas() for p in paths], ignore_index=True)
+
+
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
-def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_path: str) -> dict:
+def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_paths: list[str]) -> dict:
     store = Store(ctx.data)
-    critiques = store.read_part("critiques", critiques_path).to_pandas()
+    critiques = read_parts(store, "critiques", critiques_paths)
     assert_no_eval(critiques, "sft")
     out = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id) / "sft"
-    lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha, "inputs": [critiques_path]}
+    lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha, "inputs": critiques_paths}
     summary, metrics = train_sft(critiques, ctx.policy_model, out, cfg, lineage)
     df = pd.DataFrame(metrics).assign(model=str(out))
     path = store.write("sft_metrics", df, key=f"{ctx.run_id}/sft_metrics", lineage=ctx.lineage(),
-                       metadata={"config": cfg.model_dump(), "inputs": [critiques_path]})
+                       metadata={"config": cfg.model_dump(), "inputs": critiques_paths})
     return {"policy": str(out), "sft_metrics": str(path), **summary}
 
 
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
-def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_path: str, responses_path: str) -> dict:
+def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str],
+                responses_paths: list[str]) -> dict:
     store = Store(ctx.data)
-    prefs = store.read_part("preferences", preferences_path).to_pandas()
-    reference = store.read_part("responses", responses_path).to_pandas()
+    prefs = read_parts(store, "preferences", preferences_paths)
+    reference = read_parts(store, "responses", responses_paths)
     assert_no_eval(reference, "reward model")
     out = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id) / "reward_model"
     lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,
-               "inputs": [preferences_path, responses_path]}
+               "inputs": [*preferences_paths, *responses_paths]}
     summary, metrics = train_reward_model(prefs, reference, ctx.policy_model, out, cfg, lineage)
     df = pd.DataFrame(metrics).assign(text=None, reward_model=str(out))
     path = store.write("rm_metrics", df, key=f"{ctx.run_id}/rm_metrics",
@@ -70,17 +77,17 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
 
 
 @flow(name="rlaif-sft", log_prints=True)
-def sft_flow(ctx: RunContext, critiques_path: str, cfg: SFTConfig = SFTConfig()) -> dict:
-    result = sft_task(ctx, cfg, critiques_path)
+def sft_flow(ctx: RunContext, critiques_paths: list[str], cfg: SFTConfig = SFTConfig()) -> dict:
+    result = sft_task(ctx, cfg, critiques_paths)
     publish("sft-summary", "SFT on the final revisions", {k: v for k, v in result.items() if k.startswith("sft/")},
             {"model": result["policy"], "metrics": result["sft_metrics"]})
     return result
 
 
 @flow(name="rlaif-reward-model", log_prints=True)
-def reward_flow(ctx: RunContext, preferences_path: str, responses_path: str,
+def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: list[str],
                 cfg: RewardConfig = RewardConfig()) -> dict:
-    result = reward_task(ctx, cfg, preferences_path, responses_path)
+    result = reward_task(ctx, cfg, preferences_paths, responses_paths)
     publish("reward-model-summary", "Reward model", {k: v for k, v in result.items() if k.startswith("rm/")},
             {"checkpoint": result["reward_model"], "metrics": result["rm_metrics"]})
     return result

@@ -57,6 +57,30 @@ def validate(paths: tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
+def serve(schedules: str | None = None, check: bool = False) -> None:
+    """Serve the scheduled deployments (needs a running Prefect server: `prefect server start`).
+
+    Args:
+        schedules: Schedules file (YAML); None: the shipped flows/schedules.yaml.
+        check: Validate the file and print the deployments, then exit without serving.
+    """
+    from flows.deployments import SHIPPED_SCHEDULES, SchedulesError, load_schedules
+    from flows.deployments import serve as serve_deployments
+
+    path = schedules or SHIPPED_SCHEDULES
+    try:
+        spec = load_schedules(path)
+    except SchedulesError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(1) from None
+    for d in spec.deployments:
+        when = f"cron '{d.cron}' ({d.timezone})" if d.cron else f"every {d.interval_seconds:g} s"
+        print(f"{d.name}: flow {d.flow}, {when}, constitution {d.parameters.constitution}"
+              + (" (paused)" if d.paused else ""))
+    if not check:
+        serve_deployments(path)
+
+
 def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")] = JudgeConfig(),
                out: str = "judge_eval.json", constitution: str = "harmless",
                limit: int | None = 200, principles_per_pair: int = 1,
@@ -103,7 +127,7 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
 
 def main() -> None:
     tyro.extras.subcommand_cli_from_dict(
-        {"run": run, "setup": setup, "validate": validate, "judge-eval": judge_eval},
+        {"run": run, "serve": serve, "setup": setup, "validate": validate, "judge-eval": judge_eval},
         description="rlaif: Constitutional-AI-style RLAIF pipeline (Prefect flows).",
     )
 

@@ -1,0 +1,132 @@
+"""Scheduled deployments against a real `prefect server` on loopback: `rlaif serve` serves a
+deployment on a short interval schedule; a scheduled run completes and its artifacts are read
+back through the server's REST API. Also: schedules files with mistakes are refused whole."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.deployments import SHIPPED_SCHEDULES, SchedulesError, build_deployments, load_schedules
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_schedules_build_deployments():
+    spec = load_schedules(SHIPPED_SCHEDULES)
+    deployments = {d.name: d for d in build_deployments(spec)}
+    assert set(deployments) == {"nightly-feedback", "weekly-training"}
+    nightly = deployments["nightly-feedback"]
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert nightly.parameters["config"]["constitution"] == "harmless"
+    assert nightly.parameters["config"]["generate"]["n_prompts"] == 64
+    assert "constitution:harmless" in nightly.tags
+
+
+@pytest.mark.parametrize("text, error", [
+    ("deployments: []", "deployments: List should have at least 1 item"),
+    ("deployments:\n  - {name: a, flow: pipeline}", "give exactly one of cron and interval_seconds"),
+    ("deployments:\n  - {name: a, cron: '* * * * *', interval_seconds: 5}", "give exactly one of cron"),
+    ("deployments:\n  - {name: a, cron: '0 2 * * *'}\n  - {name: a, cron: '0 3 * * *'}", "repeated: a"),
+    ("deployments:\n  - {name: a, cron: '0 2 * * *', parameters: {ppo: {stepz: 3}}}",
+     "deployments.0.parameters.ppo.stepz: Extra inputs are not permitted"),
+    ("deployments: [", "not valid YAML"),
+])
+def test_bad_schedules_file_is_refused_with_the_field_named(tmp_path, text, error):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(SchedulesError, match=error.replace("[", r"\[").replace("*", r"\*")) as e:
+        load_schedules(f)
+    assert str(f) in str(e.value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real Prefect server (API, scheduler and UI, as an operator starts it) on loopback, in
+    its own PREFECT_HOME."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PREFECT_LOGGING_LEVEL": "INFO"}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.server
+def test_rlaif_serve_runs_a_scheduled_deployment(prefect_server, tiny_model_dir, tmp_path):
+    url, env = prefect_server
+    data = tmp_path / "data"
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text(yaml.safe_dump({"deployments": [{
+        "name": "tiny-feedback", "flow": "feedback", "interval_seconds": 5,
+        "parameters": {"data": str(data), "policy_model": str(tiny_model_dir), "judge": {"model": str(tiny_model_dir)},
+                       "generate": {"n_prompts": 2, "max_new_tokens": 4},
+                       "feedback": {"max_new_tokens": 4, "critique_rounds": 1}},
+    }]}))
+    log = open(tmp_path / "serve.log", "w")
+    serve = subprocess.Popen([str(BIN / "rlaif"), "serve", "--schedules", str(schedules)], cwd=ROOT, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = httpx.Client(base_url=url, timeout=10)
+    try:
+        deadline, run = time.monotonic() + 300, None
+        while run is None:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no scheduled run completed in 300 s:\n" + \
+                (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(2)
+            r = api.get("/deployments/name/rlaif-feedback-collection/tiny-feedback")
+            if r.status_code != 200:
+                continue
+            runs = api.post("/flow_runs/filter", json={
+                "deployments": {"id": {"any_": [r.json()["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}).json()
+            if runs:
+                run = runs[0]
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["auto_scheduled"] is True  # created by the schedule, not triggered by hand
+        # its artifacts, read back through the API: the parent's report and the stages' summaries
+        report = api.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+        assert "pipeline-report" in {a["key"] for a in report}
+        keys = {a["key"] for a in api.post("/artifacts/filter", json={
+            "artifacts": {"key": {"any_": ["generate-summary", "feedback-summary"]}}}).json()}
+        assert keys == {"generate-summary", "feedback-summary"}
+        assert list((data / "preferences").glob("*/part-*.parquet")), "the run wrote its Parquet parts"
+    finally:
+        api.close()
+        serve.terminate()
+        serve.wait(timeout=60)
+        log.close()
