@@ -77,8 +77,15 @@ def serve(schedules: str | None = None, check: bool = False) -> None:
         when = f"cron '{d.cron}' ({d.timezone})" if d.cron else f"every {d.interval_seconds:g} s"
         print(f"{d.name}: flow {d.flow}, {when}, constitution {d.parameters.constitution}"
               + (" (paused)" if d.paused else ""))
-    if not check:
-        serve_deployments(path)
+    if check:
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # else prefect would serve against a throwaway in-process server
+        print("rlaif serve needs a Prefect server: run `prefect server start`, then\n"
+              "  export PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        raise SystemExit(1)
+    serve_deployments(path)
 
 
 def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")] = JudgeConfig(),

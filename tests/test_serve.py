@@ -130,3 +130,12 @@ def test_rlaif_serve_runs_a_scheduled_deployment(prefect_server, tiny_model_dir,
         serve.terminate()
         serve.wait(timeout=60)
         log.close()
+
+
+def test_serve_without_a_server_says_how_to_start_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = subprocess.run([str(BIN / "rlaif"), "serve"], env={**env, "PREFECT_HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "nightly-feedback: flow feedback" in out.stdout  # the file was checked first
+    assert "prefect server start" in out.stderr and "PREFECT_API_URL" in out.stderr
