@@ -139,3 +139,20 @@ def test_serve_without_a_server_says_how_to_start_one(tmp_path):
     assert out.returncode == 1
     assert "nightly-feedback: flow feedback" in out.stdout  # the file was checked first
     assert "prefect server start" in out.stderr and "PREFECT_API_URL" in out.stderr
+
+
+def test_prefect_yaml_mirrors_the_shipped_schedules():
+    """prefect.yaml (work pool + worker) and flows/schedules.yaml (`rlaif serve`) describe the
+    same deployments; this keeps them from drifting apart."""
+    entry = {"feedback": "flows/pipeline.py:feedback_pipeline", "training": "flows/pipeline.py:training_pipeline",
+             "pipeline": "flows/pipeline.py:pipeline"}
+    project = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    for spec in load_schedules(SHIPPED_SCHEDULES).deployments:
+        d = project.pop(spec.name)
+        assert d["entrypoint"] == entry[spec.flow], spec.name
+        assert d["schedules"] == [{"cron": spec.cron, "timezone": spec.timezone}], spec.name
+        assert d["concurrency_limit"] == spec.concurrency_limit, spec.name
+        given = yaml.safe_load(SHIPPED_SCHEDULES.read_text())
+        raw = next(x for x in given["deployments"] if x["name"] == spec.name)["parameters"]
+        assert d["parameters"] == {"config": raw}, spec.name
+    assert not project, f"in prefect.yaml only: {sorted(project)}"
