@@ -11,6 +11,7 @@ from rlaif.store import TABLES, Store
 SMALL = {
     "generate": {"n_prompts": 4, "max_new_tokens": 16, "batch_size": 4},
     "feedback": {"max_new_tokens": 12, "few_shot": 0, "critique_rounds": 1},
+    "sft": {"enabled": True, "max_length": 128},  # every table gets rows
     "reward": {"epochs": 1, "batch_size": 2, "max_length": 160},
     "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 12},
     "eval": {"n_prompts": 2, "max_new_tokens": 12},
