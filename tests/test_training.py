@@ -152,6 +152,11 @@ def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_mod
     # a checkpoint is only continued with the settings that wrote it
     with pytest.raises(TrainingError, match=r"different settings or inputs \(lr\)"):
         train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"lr": 1e-3}), {})
+    with pytest.raises(TrainingError, match="at step 4, beyond steps=3"):
+        train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"steps": 3}), {})
+    checkpoint_path(tmp_path / "resumed").write_bytes(b"truncated")
+    with pytest.raises(TrainingError, match="cannot read the checkpoint"):
+        train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg, {})
 
 
 def test_ppo_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):

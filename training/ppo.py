@@ -281,11 +281,17 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     start, ckpt = 0, checkpoint_path(out_dir)
     identity = run_identity(cfg, policy_model, reward_model, prompts)
     if ckpt.exists():  # resume: same weights, optimizer, KL coefficient, RNG and data position
-        state = torch.load(ckpt, weights_only=False)
+        try:
+            state = torch.load(ckpt, weights_only=False)
+        except Exception as e:  # truncated or foreign file
+            raise TrainingError(f"ppo: cannot read the checkpoint {ckpt} ({type(e).__name__}: {e}); "
+                                "delete it to start over") from e
         if state["identity"] != identity:
             diff = sorted(k for k in identity if state["identity"].get(k) != identity[k])
             raise TrainingError(f"ppo: {ckpt} was written for different settings or inputs ({', '.join(diff)}); "
                                 "use those settings, or delete it to start over")
+        if state["step"] > cfg.steps:
+            raise TrainingError(f"ppo: {ckpt} is at step {state['step']}, beyond steps={cfg.steps}")
         load_trainable_state(policy, state["policy"])
         load_trainable_state(value_model, state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
