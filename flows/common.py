@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 # Model-heavy tasks carry this tag; a concurrency limit on it keeps two from running at once.
 MODEL_TAG = "rlaif-model"
@@ -29,3 +29,13 @@ def summary_markdown(title: str, summary: dict, paths: dict | None = None) -> st
 def publish(key: str, title: str, summary: dict, paths: dict | None = None) -> None:
     create_markdown_artifact(key=key, markdown=summary_markdown(title, summary, paths),
                              description=title)
+
+
+def publish_samples(key: str, title: str, df, columns: list[str], n: int = 5, width: int = 300) -> None:
+    """A table artifact with the first n rows, long texts cut to `width` characters."""
+    def cell(v):
+        v = v.tolist() if hasattr(v, "tolist") else v  # numpy scalars and arrays -> JSON types
+        return v[:width] + "…" if isinstance(v, str) and len(v) > width else v
+
+    cut = [{k: cell(v) for k, v in r.items()} for r in df[columns].head(n).to_dict("records")]
+    create_table_artifact(key=key, table=cut, description=title)

@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, publish
+from flows.common import MODEL_TASK, publish, publish_samples
 from judges.backends import make_judge
 from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
                              make_revision_pairs)
@@ -56,4 +56,10 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
         summary["judge/mean_direct_score"] = float(valid[["score_a", "score_b"]].stack().mean())
     publish("feedback-summary", "Feedback: critiques and preferences", summary,
             {"critiques": critiques, "preferences": preferences})
+    publish_samples("feedback-critiques", "Sample critiques and revisions",
+                    store.read_part("critiques", critiques).to_pandas(),
+                    ["prompt", "round", "principle_id", "response", "critique", "revision"])
+    publish_samples("feedback-preferences", "Sample preference pairs", prefs,
+                    ["prompt", "response_a", "response_b", "p_a_first", "p_a_second", "p_chosen",
+                     "principle_ids", "valid", "invalid_reason"])
     return {"critiques": critiques, "preferences": preferences, **summary}

@@ -66,12 +66,17 @@ def test_outputs_report_and_artifacts(pipeline_run):
 
     from prefect.client.orchestration import get_client
 
-    async def keys():
+    async def artifacts():
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts()}
+            return {a.key: a for a in await client.read_artifacts()}
 
-    assert {"generate-summary", "feedback-summary", "sft-summary", "reward-model-summary", "ppo-summary",
-            "evaluate-summary", "pipeline-report"} <= asyncio.run(keys())
+    arts = asyncio.run(artifacts())
+    table = arts["feedback-preferences"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert 1 <= len(rows) <= 5 and {"p_chosen", "response_a", "principle_ids"} <= set(rows[0])
+    assert {"generate-summary", "feedback-summary", "feedback-critiques", "feedback-preferences",
+            "sft-summary", "reward-model-summary", "ppo-summary",
+            "evaluate-summary", "pipeline-report"} <= set(arts)
 
 
 def test_rerun_with_same_run_id_replaces_rows(pipeline_run, tiny_model_dir):
