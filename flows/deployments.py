@@ -100,8 +100,21 @@ def build_deployments(schedules: Schedules) -> list:
     return out
 
 
+def limit_model_tasks(limit: int = 1) -> None:
+    """At most `limit` model-heavy tasks (tag rlaif-model) at once across every run on this
+    server, so a nightly and a weekly run that overlap take turns instead of sharing the CPU."""
+    from prefect.client.orchestration import get_client
+
+    from flows.common import MODEL_TAG
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=MODEL_TAG, concurrency_limit=limit)  # creates or updates
+
+
 def serve(path: str | Path = SHIPPED_SCHEDULES) -> None:
     """Serve every deployment in the schedules file until interrupted (needs a Prefect server)."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(*build_deployments(load_schedules(path)))
+    deployments = build_deployments(load_schedules(path))
+    limit_model_tasks()
+    prefect_serve(*deployments)

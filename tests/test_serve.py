@@ -117,6 +117,8 @@ def test_rlaif_serve_runs_a_scheduled_deployment(prefect_server, tiny_model_dir,
             if runs:
                 run = runs[0]
         assert run["state"]["type"] == "COMPLETED", run["state"]
+        limit = api.get("/concurrency_limits/tag/rlaif-model").json()  # set up by `rlaif serve`
+        assert limit["concurrency_limit"] == 1
         assert run["auto_scheduled"] is True  # created by the schedule, not triggered by hand
         # its artifacts, read back through the API: the parent's report and the stages' summaries
         report = api.post("/artifacts/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
