@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -39,3 +41,28 @@ def publish_samples(key: str, title: str, df, columns: list[str], n: int = 5, wi
 
     cut = [{k: cell(v) for k, v in r.items()} for r in df[columns].head(n).to_dict("records")]
     create_table_artifact(key=key, table=cut, description=title)
+
+
+def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
+    """One panel per metric against `step` (a metrics table: step, metric, value), saved as a
+    PNG; written to a temporary file, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        m = metrics[metrics["metric"] == name].sort_values("step")
+        ax.plot(m["step"], m["value"], marker=".")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return str(path)

@@ -68,6 +68,8 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
     for stage, result in stages.items():
         lines += ["", f"## {stage}", "", "| | |", "|---|---|",
                   *[f"| `{k}` | {fmt(v)} |" for k, v in result.items()]]
+        if "plot" in result:  # the PNG sits next to report.md
+            lines += ["", f"![{stage}]({Path(result['plot']).name})"]
     markdown = "\n".join(lines) + "\n"
     out = report_dir(ctx.data, ctx.run_id) / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)

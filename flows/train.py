@@ -7,11 +7,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, publish
+from flows.common import MODEL_TASK, plot_metrics, publish
 from judges.backends import make_judge
 from judges.feedback import judge_reward
 from rlaif.config import RunContext
-from rlaif.paths import checkpoint_dir
+from rlaif.paths import checkpoint_dir, report_dir
 from rlaif.prompts import assert_no_eval, load_prompts
 from rlaif.store import Store
 from training.ppo import PPOConfig, train_ppo
@@ -53,7 +53,9 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
     df = pd.DataFrame(metrics).assign(text=None, reward_model=str(out))
     path = store.write("rm_metrics", df, key=f"{ctx.run_id}/rm_metrics",
                        lineage=ctx.lineage(judge_model=ctx.judge.model), metadata={"config": cfg.model_dump()})
-    return {"reward_model": str(out), "rm_metrics": str(path), **summary}
+    plot = plot_metrics(df, ["rm/loss"], report_dir(ctx.data, ctx.run_id) / "reward_model.png",
+                        f"reward model, run {ctx.run_id}")
+    return {"reward_model": str(out), "rm_metrics": str(path), "plot": plot, **summary}
 
 
 @task(**MODEL_TASK, cache_policy=NO_CACHE)
@@ -72,8 +74,10 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
     path = Store(ctx.data).write("ppo_metrics", df, key=f"{ctx.run_id}/ppo_metrics",
                                  lineage=ctx.lineage(judge_model=judge_model),
                                  metadata={"config": cfg.model_dump()})
+    plot = plot_metrics(df, ["objective/scores", "objective/kl", "objective/kl_coef", "objective/rlhf_reward"],
+                        report_dir(ctx.data, ctx.run_id) / "ppo.png", f"PPO, run {ctx.run_id}")
     last = df[(df["step"] == df["step"].max()) & (df["metric"].str.startswith(("objective/", "ppo/")))]
-    return {"policy": str(out), "ppo_metrics": str(path), **dict(zip(last["metric"], last["value"]))}
+    return {"policy": str(out), "ppo_metrics": str(path), "plot": plot, **dict(zip(last["metric"], last["value"]))}
 
 
 @flow(name="rlaif-sft", log_prints=True)
@@ -89,7 +93,7 @@ def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: 
                 cfg: RewardConfig = RewardConfig()) -> dict:
     result = reward_task(ctx, cfg, preferences_paths, responses_paths)
     publish("reward-model-summary", "Reward model", {k: v for k, v in result.items() if k.startswith("rm/")},
-            {"checkpoint": result["reward_model"], "metrics": result["rm_metrics"]})
+            {"checkpoint": result["reward_model"], "metrics": result["rm_metrics"], "plot": result["plot"]})
     return result
 
 
@@ -97,5 +101,5 @@ def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: 
 def ppo_flow(ctx: RunContext, reward_model: str, cfg: PPOConfig = PPOConfig()) -> dict:
     result = ppo_task(ctx, cfg, reward_model)
     publish("ppo-summary", "PPO (last step)", {k: v for k, v in result.items() if "/" in k},
-            {"policy": result["policy"], "metrics": result["ppo_metrics"]})
+            {"policy": result["policy"], "metrics": result["ppo_metrics"], "plot": result["plot"]})
     return result

@@ -58,6 +58,9 @@ def test_outputs_report_and_artifacts(pipeline_run):
     assert result["headline"]["pairs labelled"] >= 1
     report = open(result["report"]).read()
     assert result["constitution_sha"] in report and "## Headline" in report
+    for plot in ("reward_model.png", "ppo.png"):  # training curves next to the report, linked from it
+        assert (Path(result["report"]).parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert f"]({plot})" in report, plot
     run_dir = data / "checkpoints" / result["constitution_sha"][:12] / "tiny-run"
     for sub in ("sft", "reward_model", "policy"):
         assert (run_dir / sub / "lineage.json").exists(), sub
