@@ -68,7 +68,7 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
     for stage, result in stages.items():
         lines += ["", f"## {stage}", "", "| | |", "|---|---|",
                   *[f"| `{k}` | {fmt(v)} |" for k, v in result.items()]]
-        if "plot" in result:  # the PNG sits next to report.md
+        if "plot" in result:  # the PNG sits next to report.md; the UI cannot show a local file
             lines += ["", f"![{stage}]({Path(result['plot']).name})"]
     markdown = "\n".join(lines) + "\n"
     out = report_dir(ctx.data, ctx.run_id) / "report.md"
@@ -76,7 +76,8 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
     tmp = out.with_name(".report.md.tmp")
     tmp.write_text(markdown)
     os.replace(tmp, out)
-    create_markdown_artifact(key="pipeline-report", markdown=markdown, description=f"run {ctx.run_id}")
+    in_ui = "\n".join(line for line in lines if not line.startswith("![")) + "\n"
+    create_markdown_artifact(key="pipeline-report", markdown=in_ui, description=f"run {ctx.run_id}")
     return str(out)
 
 
