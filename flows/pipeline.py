@@ -85,18 +85,13 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
 def feedback_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Generate and label only (stages 1-2): the nightly collection job."""
     ctx = prepare_run(config)
-    stages: dict[str, dict] = {}
-    stages["generate"] = generate_flow(ctx, config.generate)
-    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
-    return finish(ctx, stages)
+    return finish(ctx, collect_stages(ctx, config))
 
 
 @flow(name="rlaif-pipeline", log_prints=True)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     ctx = prepare_run(config)
-    stages: dict[str, dict] = {}
-    stages["generate"] = generate_flow(ctx, config.generate)
-    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    stages = collect_stages(ctx, config)
     ctx = train_stages(ctx, config, stages, [stages["feedback"]["preferences"]],
                        [stages["generate"]["responses"]], [stages["feedback"]["critiques"]])
     return finish(ctx, stages)
@@ -115,6 +110,14 @@ def training_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     stages: dict[str, dict] = {}
     ctx = train_stages(ctx, config, stages, parts["preferences"], parts["responses"], parts["critiques"])
     return finish(ctx, stages)
+
+
+def collect_stages(ctx: RunContext, config: PipelineConfig) -> dict:
+    """generate -> feedback; returns each stage's result."""
+    stages: dict[str, dict] = {}
+    stages["generate"] = generate_flow(ctx, config.generate)
+    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    return stages
 
 
 def train_stages(ctx: RunContext, config: PipelineConfig, stages: dict, preferences: list[str],

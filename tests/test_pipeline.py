@@ -133,3 +133,24 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     assert set(ppo["judge_model"]) == {str(tiny_model_dir)}
     lineage = json.loads((Path(result["checkpoints"]) / "policy" / "lineage.json").read_text())
     assert lineage["reward_source"] == "judge" and lineage["judge_model"] == str(tiny_model_dir)
+
+
+def test_training_flow_uses_every_collected_preference(pipeline_run, tiny_model_dir, tmp_path):
+    """The weekly job: reward model -> PPO -> eval on all runs' preferences for the constitution."""
+    from flows.pipeline import feedback_pipeline, training_pipeline
+
+    data, first = pipeline_run
+    cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
+                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "night-2", **TINY,
+                                         "sft": {"enabled": False}})
+    night = feedback_pipeline(cfg)  # a second night's labels next to tiny-run's
+    assert set(night["stages"]) == {"generate", "feedback"}
+    result = training_pipeline(cfg.model_copy(update={"run_id": "weekly"}))
+    assert set(result["stages"]) == {"reward", "ppo", "evaluate"}
+    parts = sorted(str(p) for p in Store(data).parts("preferences", first["constitution_sha"]))
+    assert len(parts) >= 2
+    lineage = json.loads((Path(result["checkpoints"]) / "reward_model" / "lineage.json").read_text())
+    assert sorted(i for i in lineage["inputs"] if "/preferences/" in i) == parts
+    empty = cfg.model_copy(update={"data": str(tmp_path / "empty"), "run_id": "weekly-empty"})
+    with pytest.raises(ValueError, match="no preferences collected yet.*run the feedback flow first"):
+        training_pipeline(empty)

@@ -144,8 +144,8 @@ def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_mod
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    assert saved_weights(tmp_path / "one_go") != {} and any(
-        not torch.equal(v, load_file(tiny_model_dir / "model.safetensors").get(k, v * 0)) for k, v in a.items())
+    base = load_file(tiny_model_dir / "model.safetensors")  # the run trained: some weight left its start
+    assert any(not torch.equal(v, base.get(k, torch.zeros_like(v))) for k, v in a.items())
     pd.testing.assert_frame_equal(without_timings(one_go), without_timings(resumed))
     kl = [json.loads((tmp_path / d / "kl_controller.json").read_text())["kl_coef"] for d in ("one_go", "resumed")]
     assert kl[0] == kl[1] != cfg.init_kl_coef
