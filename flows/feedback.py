@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, publish, publish_samples
-from judges.backends import make_judge
+from flows.common import MODEL_TASK, cached, publish, publish_samples
+from judges.backends import JudgeConfig, make_judge
 from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
                              make_revision_pairs)
 from rlaif.config import RunContext
 from rlaif.store import Store
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+def critic_config(ctx: RunContext, cfg: FeedbackConfig) -> JudgeConfig:
+    """The model that writes critiques and revisions. The policy runs on the judge's backend,
+    unless that is an HTTP endpoint, which serves the judge and not the policy."""
+    if cfg.critic == "judge":
+        return ctx.judge
+    return ctx.judge.model_copy(update={
+        "model": ctx.policy_model, "backend": "transformers" if ctx.judge.backend == "openai" else ctx.judge.backend})
+
+
+@task(**MODEL_TASK)
 def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> str:
     store = Store(ctx.data)
     responses = store.read_part("responses", responses_path).to_pandas()
-    rows = critique_and_revise(make_judge(ctx.judge), responses, load_constitution(ctx.constitution_path), cfg)
+    critic = critic_config(ctx, cfg)
+    rows = critique_and_revise(make_judge(critic), responses, load_constitution(ctx.constitution_path), cfg)
     return str(store.write("critiques", rows, key=f"{ctx.run_id}/critiques",
-                           lineage=ctx.lineage(judge_model=ctx.judge.model),
+                           lineage=ctx.lineage(judge_model=critic.model),
                            metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, critiques_path: str) -> str:
     store = Store(ctx.data)
     if cfg.pair_source == "revision":
@@ -40,8 +49,8 @@ def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, c
 
 @flow(name="rlaif-feedback", log_prints=True)
 def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig()) -> dict:
-    critiques = critique_task(ctx, cfg, responses_path)
-    preferences = preference_task(ctx, cfg, responses_path, critiques)
+    critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
+    preferences = cached(preference_task, ctx)(ctx, cfg, responses_path, critiques)
     store = Store(ctx.data)
     prefs = store.read_part("preferences", preferences).to_pandas()
     n_crit = store.read_part("critiques", critiques).num_rows

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
-from flows.common import MODEL_TASK, publish
+from flows.common import MODEL_TASK, cached, publish
 from rlaif.config import RunContext
 from rlaif.generation import GenerateConfig, generate
 from rlaif.models import load_causal_lm, load_tokenizer
@@ -14,7 +13,7 @@ from rlaif.prompts import assert_no_eval, load_prompts
 from rlaif.store import Store
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     prompts = load_prompts(ctx.prompts, split="train", limit=cfg.n_prompts)
     assert_no_eval(prompts, "generate")
@@ -40,7 +39,7 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
 
 @flow(name="rlaif-generate", log_prints=True)
 def generate_flow(ctx: RunContext, cfg: GenerateConfig = GenerateConfig()) -> dict:
-    path = generate_responses(ctx, cfg)
+    path = cached(generate_responses, ctx)(ctx, cfg)
     df = Store(ctx.data).read_part("responses", path).to_pandas()
     summary = {"generate/responses": len(df), "generate/prompts": df["prompt_id"].nunique(),
                "generate/mean_tokens": float(df["n_tokens"].mean()),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, plot_metrics, publish
+from flows.common import MODEL_TASK, Progress, cached, plot_metrics, publish
 from judges.backends import make_judge
 from judges.feedback import judge_reward
 from rlaif.config import RunContext
@@ -25,7 +24,7 @@ def read_parts(store: Store, table: str, paths: list[str]) -> pd.DataFrame:
     return pd.concat([store.read_part(table, p).to_pandas() for p in paths], ignore_index=True)
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_paths: list[str]) -> dict:
     store = Store(ctx.data)
     critiques = read_parts(store, "critiques", critiques_paths)
@@ -39,7 +38,7 @@ def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_paths: list[str]) -> dic
     return {"policy": str(out), "sft_metrics": str(path), **summary}
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str],
                 responses_paths: list[str]) -> dict:
     store = Store(ctx.data)
@@ -58,7 +57,7 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
     return {"reward_model": str(out), "rm_metrics": str(path), "plot": plot, **summary}
 
 
-@task(**MODEL_TASK, cache_policy=NO_CACHE)
+@task(**MODEL_TASK)
 def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
     prompts = load_prompts(ctx.prompts, split="train")
     assert_no_eval(prompts, "ppo")
@@ -69,7 +68,8 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
     if cfg.reward_source == "judge":  # d-RLAIF: the judge's direct rating is the reward
         scorer = judge_reward(make_judge(ctx.judge), load_constitution(ctx.constitution_path), cfg.seed)
         judge_model = lineage["judge_model"] = ctx.judge.model
-    metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage, scorer=scorer)
+    progress = Progress("ppo-progress", cfg.steps, "PPO steps", ("objective/scores", "objective/kl"))
+    metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage, scorer=scorer, on_step=progress)
     df = pd.DataFrame(metrics).assign(reward_model=reward_model)
     path = Store(ctx.data).write("ppo_metrics", df, key=f"{ctx.run_id}/ppo_metrics",
                                  lineage=ctx.lineage(judge_model=judge_model),
@@ -82,7 +82,7 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
 
 @flow(name="rlaif-sft", log_prints=True)
 def sft_flow(ctx: RunContext, critiques_paths: list[str], cfg: SFTConfig = SFTConfig()) -> dict:
-    result = sft_task(ctx, cfg, critiques_paths)
+    result = cached(sft_task, ctx)(ctx, cfg, critiques_paths)
     publish("sft-summary", "SFT on the final revisions", {k: v for k, v in result.items() if k.startswith("sft/")},
             {"model": result["policy"], "metrics": result["sft_metrics"]})
     return result
@@ -91,7 +91,7 @@ def sft_flow(ctx: RunContext, critiques_paths: list[str], cfg: SFTConfig = SFTCo
 @flow(name="rlaif-reward-model", log_prints=True)
 def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: list[str],
                 cfg: RewardConfig = RewardConfig()) -> dict:
-    result = reward_task(ctx, cfg, preferences_paths, responses_paths)
+    result = cached(reward_task, ctx)(ctx, cfg, preferences_paths, responses_paths)
     publish("reward-model-summary", "Reward model", {k: v for k, v in result.items() if k.startswith("rm/")},
             {"checkpoint": result["reward_model"], "metrics": result["rm_metrics"], "plot": result["plot"]})
     return result
@@ -99,7 +99,7 @@ def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: 
 
 @flow(name="rlaif-ppo", log_prints=True)
 def ppo_flow(ctx: RunContext, reward_model: str, cfg: PPOConfig = PPOConfig()) -> dict:
-    result = ppo_task(ctx, cfg, reward_model)
+    result = cached(ppo_task, ctx)(ctx, cfg, reward_model)
     publish("ppo-summary", "PPO (last step)", {k: v for k, v in result.items() if "/" in k},
             {"policy": result["policy"], "metrics": result["ppo_metrics"], "plot": result["plot"]})
     return result

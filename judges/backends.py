@@ -30,8 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from judges.templates import raw_prompt
 from rlaif.generation import Generation, chat_text, generate_texts, position_ids
-from rlaif.models import EMBEDDED_MODEL, ModelError, load_causal_lm, load_tokenizer, resolve_model
+from rlaif.models import EMBEDDED_JUDGE, ModelError, load_causal_lm, load_tokenizer, resolve_model
 
 
 class JudgeError(RuntimeError):
@@ -43,9 +44,13 @@ class JudgeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: str = EMBEDDED_MODEL
-    """Judge model: the embedded model's name or a local HF folder. Its tokenizer and chat
-    template build every judge prompt, whatever the backend."""
+    model: str = EMBEDDED_JUDGE
+    """Judge model: an embedded model's name (gemma3-270m, smollm2-135m-instruct) or a local HF
+    folder. Its tokenizer and chat template build every judge prompt, whatever the backend."""
+    prompt_format: Literal["raw", "chat"] = "raw"
+    """How judge questions (preference labels, ratings) reach the model: plain 'User:/Assistant:'
+    text, or the model's chat template. Raw text agrees with humans more for both embedded
+    judges (README); critiques and revisions always use the chat template."""
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     """Where the judge runs: in process (transformers, vllm) or over HTTP (openai)."""
     batch_size: int = 8
@@ -109,6 +114,14 @@ class Judge:
 
     def chat(self, conversation: list[dict]) -> str:
         return chat_text(self.tokenizer, conversation)
+
+    def ask(self, conversation: list[dict]) -> str:
+        """A judge question as text, in the configured prompt format; the answer follows it."""
+        if self.cfg.prompt_format == "chat":
+            return self.chat(conversation)
+        # No BOS: texts are tokenized without special tokens. Measured on 200 hh-rlhf pairs,
+        # Gemma's labels agree with humans at 0.580 like this and at 0.495 with its <bos> first.
+        return raw_prompt(conversation)
 
     def generate(self, conversations: list[list[dict]], **kw) -> list[Generation]:
         """One assistant turn per conversation."""

@@ -19,7 +19,7 @@ from constitution import Constitution
 from judges.backends import JudgeError
 from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
                               TEMPLATE_VERSION, contrastive_messages, critique_messages,
-                              preference_messages, rating_messages, raw_prompt, revision_messages)
+                              preference_messages, rating_messages, revision_messages)
 
 
 class FeedbackConfig(BaseModel):
@@ -27,6 +27,10 @@ class FeedbackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    critic: Literal["policy", "judge"] = "policy"
+    """Who writes critiques and revisions: the policy, critiquing itself as in the CAI paper
+    (the default judge is a base model, which cannot follow a critique request), or the
+    judge. The critiques table's judge_model column names the writer."""
     critique_rounds: int = 2
     """Critique->revision rounds per response (the CAI paper uses up to 4); each round
     samples one principle."""
@@ -48,8 +52,6 @@ class FeedbackConfig(BaseModel):
     contrastive: each response's log-likelihood under a principle-following system prompt
     minus under a principle-violating one; P(a better) = sigmoid(score_a - score_b). No
     positions, so no position bias (transformers backend only)."""
-    judge_prompt: Literal["chat", "raw"] = "chat"
-    """The preference question through the judge's chat template, or as raw text."""
     chain_of_thought: bool = False
     """The judge writes a rationale before the labels are read (CAI's CoT); P(A) is then
     clamped to `cot_clamp`, because a rationale makes the label near-certain."""
@@ -163,7 +165,7 @@ def _first_error(errors: list[str | None]) -> str | None:
 def direct_scores(judge, prompts: list[str], responses: list[str], principles: list,
                   desc: str = "direct scores") -> tuple[np.ndarray, list[str | None]]:
     """Rate each response 1-10 under its principle; the expected rating mapped to [-1, 1]."""
-    texts = [judge.chat(rating_messages(p, q, r)) + RATING_PREFIX
+    texts = [judge.ask(rating_messages(p, q, r)) + RATING_PREFIX
              for p, q, r in zip(principles, prompts, responses)]
     digits = tuple(str(d) for d in RATINGS[:9])
     p_digits, errors = judge.choice_probs(texts, RATING_PREFIX, digits, desc=desc)
@@ -198,7 +200,7 @@ def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: Feedba
         for p in ps:
             convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
             convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
-    texts = [judge.chat(c) if cfg.judge_prompt == "chat" else raw_prompt(c) for c in convs]
+    texts = [judge.ask(c) for c in convs]
     rationales = [""] * len(texts)
     if cfg.chain_of_thought:
         texts = [t + COT_PREFIX for t in texts]
@@ -261,7 +263,7 @@ def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
                          for i in range(len(pairs))]
     out["judge_backend"] = judge.backend
     out["template_version"] = "-".join([TEMPLATE_VERSION] + [v for v, on in (
-        ("cot", cfg.chain_of_thought), ("raw", cfg.judge_prompt == "raw"),
+        ("cot", cfg.chain_of_thought), ("raw", judge.cfg.prompt_format == "raw" and cfg.scoring == "labels"),
         ("contrastive", cfg.scoring == "contrastive")) if on])
     out["score_a"] = out["score_b"] = np.nan
     if cfg.direct_scores:

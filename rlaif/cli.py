@@ -35,10 +35,11 @@ def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]) -> dict:
 
 
 def setup() -> None:
-    """Convert the embedded model into RLAIF_HOME once (skipped when already done)."""
-    from rlaif.models import convert_embedded_model
+    """Convert the embedded models (policy and judge) into RLAIF_HOME once (skipped when done)."""
+    from rlaif.models import EMBEDDED, convert_embedded_model
 
-    print(f"embedded model ready: {convert_embedded_model()}")
+    for name in EMBEDDED:
+        print(f"embedded model {name} ready: {convert_embedded_model(name)}")
 
 
 def validate(paths: tuple[str, ...]) -> None:
@@ -92,7 +93,7 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
                out: str = "judge_eval.json", constitution: str = "harmless",
                limit: int | None = 200, principles_per_pair: int = 1,
                scoring: Literal["labels", "contrastive"] = "labels",
-               judge_prompt: Literal["chat", "raw"] = "chat", chain_of_thought: bool = False,
+               chain_of_thought: bool = False,
                direct_scores: bool = False, seed: int = 0) -> dict:
     """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
 
@@ -104,7 +105,6 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
         limit: Pairs to read from the start of the file (None: all).
         principles_per_pair: Principles sampled per pair, averaged.
         scoring: labels (P(A) vs P(B), both orders) or contrastive likelihood.
-        judge_prompt: The question through the judge's chat template, or as raw text.
         chain_of_thought: Write a rationale before reading the labels.
         direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
@@ -120,7 +120,7 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
     c = load_constitution(constitution)
     df = read_hh_pairs(pairs, limit)
     cfg = FeedbackConfig(principles_per_pair=principles_per_pair, scoring=scoring,
-                         judge_prompt=judge_prompt, chain_of_thought=chain_of_thought,
+                         chain_of_thought=chain_of_thought,
                          direct_scores=direct_scores, seed=seed)
     result = {"pairs_file": str(pairs), **judge_agreement(make_judge(judge), df, c, cfg)}
     tmp = f"{out}.tmp"

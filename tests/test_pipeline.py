@@ -79,10 +79,12 @@ def test_outputs_report_and_artifacts(pipeline_run):
     assert 1 <= len(rows) <= 5 and {"p_chosen", "response_a", "principle_ids"} <= set(rows[0])
     assert {"generate-summary", "feedback-summary", "feedback-critiques", "feedback-preferences",
             "sft-summary", "reward-model-summary", "ppo-summary",
-            "evaluate-summary", "pipeline-report"} <= set(arts)
+            "evaluate-summary", "pipeline-report", "ppo-progress"} <= set(arts)
+    # the PPO progress artifact was updated step by step, to the end
+    assert float(arts["ppo-progress"].data) == 100.0 and "PPO steps: 2/2 (objective/scores" in arts["ppo-progress"].description
 
 
-def test_rerun_with_same_run_id_replaces_rows(pipeline_run, tiny_model_dir):
+def test_rerun_with_same_run_id_duplicates_nothing(pipeline_run, tiny_model_dir):
     from flows.pipeline import pipeline
 
     data, _ = pipeline_run
@@ -154,3 +156,40 @@ def test_training_flow_uses_every_collected_preference(pipeline_run, tiny_model_
     empty = cfg.model_copy(update={"data": str(tmp_path / "empty"), "run_id": "weekly-empty"})
     with pytest.raises(ValueError, match="no preferences collected yet.*run the feedback flow first"):
         training_pipeline(empty)
+
+
+def test_a_crashed_run_restarts_from_its_finished_steps(prefect_harness, tiny_model_dir, tmp_path, monkeypatch):
+    """PPO crashes (simulated: its training function raises); the same run id started again
+    skips the finished steps (cached, parts not rewritten), finishes, and duplicates nothing."""
+    import flows.train
+    from flows.pipeline import pipeline
+
+    settings = {"data": str(tmp_path), "policy_model": str(tiny_model_dir), "judge": {"model": str(tiny_model_dir)},
+                "run_id": "crash-run", **TINY, "sft": {"enabled": False}}
+    cfg = PipelineConfig.model_validate(settings)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in PPO")
+
+    monkeypatch.setattr(flows.train, "train_ppo", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline(cfg)
+    store = Store(tmp_path)
+    done = ("responses", "critiques", "preferences", "rm_metrics")
+    written = {t: store.read(t)["created_at"].tolist() for t in done}
+    assert all(written.values()) and not store.parts("ppo_metrics")
+
+    monkeypatch.undo()
+    result = pipeline(cfg)
+    for t in done:  # cache hits: the same parts, not rewritten
+        assert store.read(t)["created_at"].tolist() == written[t], t
+    assert len(store.read("ppo_metrics")) > 0 and result["headline"]["PPO KL (last step)"] == result["headline"]["PPO KL (last step)"]
+    responses, prefs = store.read("responses"), store.read("preferences")
+    assert len(responses) == 5 * 2 and responses["response_id"].is_unique
+    assert prefs["pair_id"].is_unique and len(prefs) == 5
+
+    # Another constitution under the same run id is a cache miss: everything is recomputed.
+    other = pipeline(PipelineConfig.model_validate({**settings, "constitution": "concise"}))
+    assert other["constitution_sha"] != result["constitution_sha"]
+    assert len(store.read("responses", constitution_sha=other["constitution_sha"])) == 5 * 2
+    assert store.read("responses", constitution_sha=result["constitution_sha"])["created_at"].tolist() == written["responses"]

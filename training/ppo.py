@@ -244,11 +244,13 @@ def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: 
 # ---------------------------------------------------------------- the trainer
 
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
-              cfg: PPOConfig, lineage: dict, scorer: Scorer | None = None) -> list[dict]:
+              cfg: PPOConfig, lineage: dict, scorer: Scorer | None = None,
+              on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics.
 
     `scorer` replaces the reward model's scores (the judge's, or a programmatic reward in
-    tests); the value model still starts from `reward_model`.
+    tests); the value model still starts from `reward_model`. `on_step(steps_done, metrics)`
+    is called after every step.
     """
     from peft import get_peft_model
 
@@ -404,6 +406,8 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                     for i in range(min(cfg.n_samples_logged, len(texts)))]
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(step + 1)
+        if on_step:  # e.g. a progress artifact in the Prefect UI
+            on_step(step + 1, step_metrics)
 
     def save(d: Path):
         policy.save_pretrained(d)
