@@ -75,9 +75,10 @@ def test_backends_agree_on_preferences_and_direct_scores(vllm_server):
     c = load_constitution("harmless")
     cfg = FeedbackConfig(principles_per_pair=2, direct_scores=True)
     configs = {
-        "transformers": JudgeConfig(),
-        "vllm": JudgeConfig(backend="vllm"),
-        "openai": JudgeConfig(backend="openai", base_url=vllm_server, served_model="judge"),
+        # the model the vLLM server serves (the fixture), on every backend
+        "transformers": JudgeConfig(model=EMBEDDED_MODEL),
+        "vllm": JudgeConfig(model=EMBEDDED_MODEL, backend="vllm"),
+        "openai": JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge"),
     }
     out = {name: label_preferences(make_judge(jc), pairs(), c, cfg) for name, jc in configs.items()}
     for name, df in out.items():
@@ -93,7 +94,7 @@ def test_backends_agree_on_preferences_and_direct_scores(vllm_server):
 
 
 def test_openai_backend_writes_critiques_through_the_server(vllm_server):
-    judge = make_judge(JudgeConfig(backend="openai", base_url=vllm_server, served_model="judge"))
+    judge = make_judge(JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge"))
     out = judge.generate([[{"role": "user", "content": "Say hello."}]] * 3, max_new_tokens=8,
                          temperature=0.7, seed=0)
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
@@ -117,7 +118,7 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     })
     store = Store(tmp_path)
     path = store.write("responses", responses, key="r", lineage=Lineage(run_id="http", constitution_sha=c.sha))
-    judge = JudgeConfig(backend="openai", base_url=vllm_server, served_model="judge")
+    judge = JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge")
     ctx = RunContext(run_id="http", data=str(tmp_path), constitution_path=str(resolve_path("harmless").resolve()), constitution_sha=c.sha,
                      prompts=None, policy_model=EMBEDDED_MODEL, judge=judge)
     result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, max_new_tokens=6, direct_scores=True))
