@@ -49,8 +49,8 @@ class JudgeConfig(BaseModel):
     folder. Its tokenizer and chat template build every judge prompt, whatever the backend."""
     prompt_format: Literal["raw", "chat"] = "raw"
     """How judge questions (preference labels, ratings) reach the model: plain 'User:/Assistant:'
-    text, or the model's chat template. Raw text agrees with humans more for both embedded
-    judges (README); critiques and revisions always use the chat template."""
+    text, or the model's chat template. Raw text agreed with humans more for both embedded
+    judges on 100 pairs (README); critiques and revisions always use the chat template."""
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     """Where the judge runs: in process (transformers, vllm) or over HTTP (openai)."""
     batch_size: int = 8
