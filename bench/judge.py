@@ -41,11 +41,11 @@ RESULTS = Path(__file__).parent / "results"
 def generate_then_parse(judge, pairs: pd.DataFrame, constitution, cfg: FeedbackConfig,
                         max_new_tokens: int) -> tuple[np.ndarray, float]:
     """The usual alternative: write a verdict, parse a letter out of it. P(A) is 1, 0 or NaN."""
-    from judges.feedback import _rng
+    from judges.feedback import seeded_rng
 
     convs = []
     for _, row in pairs.iterrows():
-        p = constitution.sample_principles(_rng(cfg.seed, row["pair_id"], "pref"))[0]
+        p = constitution.sample_principles(seeded_rng(cfg.seed, row["pair_id"], "pref"))[0]
         convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
         convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
     texts = [judge.ask(c) for c in convs]

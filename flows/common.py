@@ -47,7 +47,7 @@ class Progress:
 
     def __call__(self, done: int, metrics: dict | None = None) -> None:
         shown = ", ".join(f"{k} {fmt(float(metrics[k]))}" for k in self.metrics if metrics and k in metrics)
-        update_progress_artifact(self.id, 100.0 * done / self.total,
+        update_progress_artifact(self.id, 100.0 * done / max(self.total, 1),
                                  description=f"{self.title}: {done}/{self.total}" + (f" ({shown})" if shown else ""))
 
 
@@ -61,20 +61,27 @@ def publish_samples(key: str, title: str, df, columns: list[str], n: int = 5, wi
     create_table_artifact(key=key, table=cut, description=title)
 
 
-def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
-    """One panel per metric against `step` (a metrics table: step, metric, value), saved as a
-    PNG; written to a temporary file, then renamed."""
+# Units for the y axes of the training curves.
+UNITS = {"objective/kl": "nats per response", "objective/kl_coef": "coefficient",
+         "objective/scores": "score (RM: std units on the reference)", "objective/rlhf_reward": "score - KL penalty",
+         "rm/loss": "cross-entropy (nats)"}
+
+
+def figure(n_panels: int, width: float = 4.0):
+    """A row of matplotlib panels, drawn off-screen (a server has no display)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display on a server
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        m = metrics[metrics["metric"] == name].sort_values("step")
-        ax.plot(m["step"], m["value"], marker=".")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
+    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 3.2), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig, path: Path, title: str) -> str:
+    """Save as PNG, written to a temporary file, then renamed."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -84,6 +91,18 @@ def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
     plt.close(fig)
     os.replace(tmp, path)
     return str(path)
+
+
+def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
+    """One panel per metric against `step` (a metrics table: step, metric, value)."""
+    fig, axes = figure(len(names))
+    for ax, name in zip(axes, names):
+        m = metrics[metrics["metric"] == name].sort_values("step")
+        ax.plot(m["step"], m["value"], marker=".")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(UNITS.get(name, "value"), fontsize=8)
+    return save_figure(fig, path, title)
 
 
 def _code_version() -> str:

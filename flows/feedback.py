@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
+import numpy as np
+import pandas as pd
 from prefect import flow, task
+from prefect.futures import as_completed
 
 from constitution import load_constitution
-from flows.common import MODEL_TASK, cached, publish, publish_samples
+from flows.common import MODEL_TASK, Progress, cached, publish, publish_samples
 from judges.backends import JudgeConfig, make_judge
 from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
                              make_revision_pairs)
@@ -33,24 +39,74 @@ def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> 
                            metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
 
 
+# Shards labelled on a Ray cluster carry this tag instead of MODEL_TAG: Ray places them by its
+# own resources, and the one-model-at-a-time limit is for one machine.
+RAY_TAG = "rlaif-ray"
+
+
 @task(**MODEL_TASK)
-def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, critiques_path: str) -> str:
+def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, critiques_path: str,
+                    shard: int = 0) -> dict:
+    """Label shard `shard` of `cfg.shards` (contiguous slices of the pairs; all of them when
+    there is one shard). One shard writes the `preferences` part itself; several write to
+    `preference_shards`, which `merge_shards` joins into it."""
     store = Store(ctx.data)
     if cfg.pair_source == "revision":
         pairs = make_revision_pairs(store.read_part("critiques", critiques_path).to_pandas())
     else:
         pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
+    pairs = pairs.iloc[np.array_split(np.arange(len(pairs)), cfg.shards)[shard]]
     rows = label_preferences(make_judge(ctx.judge), pairs, load_constitution(ctx.constitution_path), cfg)
+    table, key = (("preferences", f"{ctx.run_id}/preferences") if cfg.shards == 1 else
+                  ("preference_shards", f"{ctx.run_id}/preferences/{shard}-of-{cfg.shards}"))
+    path = store.write(table, rows, key=key, lineage=ctx.lineage(judge_model=ctx.judge.model),
+                       metadata={"config": cfg.model_dump(), "inputs": [responses_path, critiques_path]})
+    return {"path": str(path), "pairs": len(rows), "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+@task
+def merge_shards(ctx: RunContext, cfg: FeedbackConfig, shard_paths: list[str]) -> str:
+    """The labelled shards, in shard order (the pairs' order), as the run's one `preferences`
+    part: readers never see a shard, and a changed shard count cannot duplicate rows."""
+    store = Store(ctx.data)
+    rows = pd.concat([store.read_part("preference_shards", p).to_pandas() for p in shard_paths],
+                     ignore_index=True)
     return str(store.write("preferences", rows, key=f"{ctx.run_id}/preferences",
                            lineage=ctx.lineage(judge_model=ctx.judge.model),
-                           metadata={"config": cfg.model_dump(),
-                                     "inputs": [responses_path, critiques_path]}))
+                           metadata={"config": cfg.model_dump(), "inputs": shard_paths}))
+
+
+def label_shards(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, critiques_path: str,
+                 on_ray: bool) -> tuple[str, int]:
+    """Label the pairs in `cfg.shards` shards; returns the preferences part and the number of
+    distinct workers. On Ray the shards run at once, on the flow's RayTaskRunner; otherwise one
+    after another, so one machine holds one judge at a time."""
+    labeller = cached(preference_task, ctx)
+    if cfg.shards == 1:
+        return labeller(ctx, cfg, responses_path, critiques_path)["path"], 1
+    progress = Progress("labelling-progress", cfg.shards, "Preference shards labelled")
+    if on_ray:
+        futures = [labeller.with_options(tags=[RAY_TAG]).submit(ctx, cfg, responses_path, critiques_path, k)
+                   for k in range(cfg.shards)]
+        for done, _ in enumerate(as_completed(futures), 1):
+            progress(done)
+        shards = [f.result() for f in futures]
+    else:
+        shards = []
+        for k in range(cfg.shards):
+            shards.append(labeller(ctx, cfg, responses_path, critiques_path, k))
+            progress(k + 1)
+    path = merge_shards(ctx, cfg, [s["path"] for s in shards])
+    return path, len({s["worker"] for s in shards})
 
 
 @flow(name="rlaif-feedback", log_prints=True)
-def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig()) -> dict:
+def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig(),
+                  on_ray: bool = False) -> dict:
+    """`on_ray`: the caller gave this flow a RayTaskRunner (`with_options(task_runner=...)`), so
+    the preference shards are labelled in parallel on Ray workers."""
     critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
-    preferences = cached(preference_task, ctx)(ctx, cfg, responses_path, critiques)
+    preferences, workers = label_shards(ctx, cfg, responses_path, critiques, on_ray)
     store = Store(ctx.data)
     prefs = store.read_part("preferences", preferences).to_pandas()
     n_crit = store.read_part("critiques", critiques).num_rows
@@ -58,7 +114,7 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
     summary = {"judge/critiques": n_crit, "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
                "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
                "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan"),
-               "judge/backend": ctx.judge.backend,
+               "judge/backend": ctx.judge.backend, "judge/shards": cfg.shards, "judge/label_workers": workers,
                **{f"judge/invalid: {reason}": int(n)
                   for reason, n in prefs["invalid_reason"].dropna().value_counts().items()}}
     if cfg.direct_scores:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from prefect import flow, task
 
-from flows.common import MODEL_TASK, cached, publish
+from flows.common import MODEL_TASK, Progress, cached, publish
 from rlaif.config import RunContext
 from rlaif.generation import GenerateConfig, generate
 from rlaif.models import load_causal_lm, load_tokenizer
@@ -20,11 +20,14 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     model, tok = load_causal_lm(ctx.policy_model), load_tokenizer(ctx.policy_model)
     convs = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
     frames = []
+    total = len(convs) * cfg.samples_per_prompt
+    progress = Progress("generate-progress", total, "Responses generated")
     for s in range(cfg.samples_per_prompt):
         seed = cfg.seed + 7919 * s
         gens = generate(model, tok, convs, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                        batch_size=cfg.batch_size, desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})")
+                        batch_size=cfg.batch_size, desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})",
+                        on_batch=lambda n, done=len(convs) * s: progress(done + n))
         frames.append(pd.DataFrame({
             "prompt_id": prompts["prompt_id"], "split": prompts["split"], "prompt": prompts["prompt"],
             "response_id": [f"{pid}/s{s}" for pid in prompts["prompt_id"]], "sample_idx": s,

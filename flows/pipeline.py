@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,13 @@ HEADLINE = {
     "PPO KL (last step)": ("ppo", "objective/kl"),
     "PPO RLHF reward (last step)": ("ppo", "objective/rlhf_reward"),
     "held-out win rate vs reference": ("evaluate", "eval/win_rate"),
+    "win rate 95% CI low": ("evaluate", "eval/win_rate_ci_low"),
+    "win rate 95% CI high": ("evaluate", "eval/win_rate_ci_high"),
+    "win rate at equal length": ("evaluate", "eval/win_rate_length_corrected"),
+    "harmlessness rate, policy": ("evaluate", "eval/policy_harmless_rate"),
+    "harmlessness rate, reference": ("evaluate", "eval/reference_harmless_rate"),
+    "KL to reference (held-out)": ("evaluate", "eval/kl"),
+    "over-optimisation flagged": ("evaluate", "eval/overoptimisation"),
 }
 
 
@@ -55,7 +63,7 @@ def headline(stages: dict) -> dict:
 
 
 @task
-def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
+def write_report(ctx: RunContext, constitution_name: str, stages: dict, name: str = "report.md") -> str:
     lines = [
         f"# RLAIF run `{ctx.run_id}`", "",
         f"- constitution: **{constitution_name}** (`{ctx.constitution_path}`)",
@@ -67,13 +75,14 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict) -> str:
     ]
     for stage, result in stages.items():
         lines += ["", f"## {stage}", "", "| | |", "|---|---|",
-                  *[f"| `{k}` | {fmt(v)} |" for k, v in result.items()]]
-        if "plot" in result:  # the PNG sits next to report.md; the UI cannot show a local file
-            lines += ["", f"![{stage}]({Path(result['plot']).name})"]
+                  *[f"| `{k}` | {fmt(v)} |" for k, v in result.items() if not k.endswith("markdown")]]
+        lines += [v for k, v in result.items() if k.endswith("markdown")]  # e.g. the reward-KL table
+        # the PNGs sit next to report.md; the UI cannot show a local file
+        lines += ["", *[f"![{stage}: {k}]({Path(v).name})" for k, v in result.items() if k.startswith("plot")]]
     markdown = "\n".join(lines) + "\n"
-    out = report_dir(ctx.data, ctx.run_id) / "report.md"
+    out = report_dir(ctx.data, ctx.run_id) / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".report.md.tmp")
+    tmp = out.with_name(f".{name}.tmp")
     tmp.write_text(markdown)
     os.replace(tmp, out)
     in_ui = "\n".join(line for line in lines if not line.startswith("![")) + "\n"
@@ -112,11 +121,38 @@ def training_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     return finish(ctx, stages)
 
 
+@flow(name="rlaif-evaluation", log_prints=True)
+def evaluation_pipeline(config: PipelineConfig, policy: str | None = None, reward_model: str | None = None) -> dict:
+    """Evaluate a finished run again (`config.run_id`; its checkpoints under the data root), or
+    any policy and reward model folders. Writes `evaluation.md` beside the run's report."""
+    if not config.run_id and not (policy and reward_model):
+        raise ValueError("evaluate: name the run (--run-id) or both --policy and --reward-model")
+    ctx = prepare_run(config)
+    run = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id)
+    policy, reward_model = policy or str(run / "policy"), reward_model or str(run / "reward_model")
+    for what, path in (("policy", policy), ("reward model", reward_model)):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"evaluate: no {what} at {path} (run {ctx.run_id}, constitution "
+                                    f"{Path(ctx.constitution_path).stem}); did that run finish?")
+    lineage = Path(policy) / "lineage.json"
+    if lineage.exists():  # the reference is what PPO started from (the SFT model, if any)
+        ctx = ctx.model_copy(update={"policy_model": json.loads(lineage.read_text())["policy_model"]})
+    stages = {"evaluate": evaluate_flow(ctx, policy, reward_model, config.eval)}
+    return finish(ctx, stages, report_name="evaluation.md")
+
+
 def collect_stages(ctx: RunContext, config: PipelineConfig) -> dict:
     """generate -> feedback; returns each stage's result."""
     stages: dict[str, dict] = {}
     stages["generate"] = generate_flow(ctx, config.generate)
-    stages["feedback"] = feedback_flow(ctx, stages["generate"]["responses"], config.feedback)
+    labelling = feedback_flow
+    if config.ray_address:
+        from prefect_ray import RayTaskRunner  # the `ray` extra
+
+        labelling = feedback_flow.with_options(task_runner=RayTaskRunner(
+            address=None if config.ray_address == "local" else config.ray_address))
+    stages["feedback"] = labelling(ctx, stages["generate"]["responses"], config.feedback,
+                                   on_ray=bool(config.ray_address))
     return stages
 
 
@@ -133,8 +169,8 @@ def train_stages(ctx: RunContext, config: PipelineConfig, stages: dict, preferen
     return ctx
 
 
-def finish(ctx: RunContext, stages: dict) -> dict:
-    report = write_report(ctx, Path(ctx.constitution_path).stem, stages)
+def finish(ctx: RunContext, stages: dict, report_name: str = "report.md") -> dict:
+    report = write_report(ctx, Path(ctx.constitution_path).stem, stages, report_name)
     return {
         "run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,
         "data": str(Path(ctx.data).resolve()),

@@ -259,7 +259,8 @@ class VLLMJudge(Judge):
         outs = self.llm.generate(self._prompts(texts), params,
                                  use_tqdm=partial(tqdm, desc=desc))
         return [Generation(text=o.outputs[0].text.strip(), n_tokens=len(o.outputs[0].token_ids),
-                           has_eos=o.outputs[0].finish_reason == "stop") for o in outs]
+                           has_eos=o.outputs[0].finish_reason == "stop", token_ids=list(o.outputs[0].token_ids))
+                for o in outs]
 
 
 try:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from constitution import Constitution
 from judges.backends import JudgeError
@@ -71,9 +71,13 @@ class FeedbackConfig(BaseModel):
     probabilities, mapped to [-1, 1], is stored as score_a / score_b."""
     seed: int = 0
     """Seed for principle sampling and critique text."""
+    shards: int = Field(default=1, ge=1)
+    """Split the preference pairs into this many labelling tasks: one after another on one
+    machine, in parallel on Ray workers with `--ray-address`. The labels do not depend on it
+    (principles are drawn per pair)."""
 
 
-def _rng(seed: int, *parts) -> random.Random:
+def seeded_rng(seed: int, *parts) -> random.Random:
     return random.Random("/".join(map(str, (seed, *parts))))
 
 
@@ -85,7 +89,7 @@ def critique_and_revise(judge, responses: pd.DataFrame, constitution: Constituti
     current = todo["response"].tolist()
     rows = []
     for rnd in range(cfg.critique_rounds):
-        principles = [constitution.sample_principles(_rng(cfg.seed, rid, rnd))[0]
+        principles = [constitution.sample_principles(seeded_rng(cfg.seed, rid, rnd))[0]
                       for rid in todo["response_id"]]
         crit_msgs = [critique_messages(constitution, p, q, r, cfg.few_shot)
                      for p, q, r in zip(principles, todo["prompt"], current)]
@@ -182,7 +186,7 @@ def judge_reward(judge, constitution: Constitution, seed: int = 0):
     import torch
 
     def score(queries: list[str], responses: list[str]):
-        principles = [constitution.sample_principles(_rng(seed, q, r, "reward"))[0]
+        principles = [constitution.sample_principles(seeded_rng(seed, q, r, "reward"))[0]
                       for q, r in zip(queries, responses)]
         scores, errors = direct_scores(judge, queries, responses, principles, desc="judge reward")
         if (reason := _first_error(errors)) is not None:
@@ -239,7 +243,7 @@ def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
                       cfg: FeedbackConfig) -> pd.DataFrame:
     """Soft AI preference labels from the judge's option probabilities, both orders."""
     k = cfg.principles_per_pair
-    principles = [constitution.sample_principles(_rng(cfg.seed, pid, "pref"), k)
+    principles = [constitution.sample_principles(seeded_rng(cfg.seed, pid, "pref"), k)
                   for pid in pairs["pair_id"]]
     if cfg.scoring == "contrastive":
         probs, errors, rationales = _contrastive_probs(judge, pairs, principles), [None] * len(pairs) * 2 * k, []

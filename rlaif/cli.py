@@ -10,18 +10,69 @@ from typing import Annotated, Literal
 import tyro
 
 from judges.backends import JudgeConfig
-from rlaif.config import PipelineConfig
+from rlaif.config import CompareConfig, PipelineConfig
+
+
+def _elapsed(t0: float) -> str:
+    minutes, seconds = divmod(int(time.monotonic() - t0), 60)
+    return f"{minutes}m{seconds:02d}s"
 
 
 def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]) -> dict:
     """Run the whole pipeline once: generate, feedback, reward model, PPO, evaluate."""
-    from flows.common import fmt
     from flows.pipeline import pipeline
 
     t0 = time.monotonic()
     result = pipeline(config)
-    minutes, seconds = divmod(int(time.monotonic() - t0), 60)
-    print(f"\nRLAIF run {result['run_id']} finished in {minutes}m{seconds:02d}s")
+    print(f"\nRLAIF run {result['run_id']} finished in {_elapsed(t0)}")
+    _print_result(result)
+    return result
+
+
+def evaluate(config: Annotated[PipelineConfig, tyro.conf.arg(name="")], policy: str | None = None,
+             reward_model: str | None = None) -> dict:
+    """Evaluate a finished run again on held-out prompts (win rate, harmlessness, KL, the
+    reward-KL curve over PPO's snapshots), e.g. with other --eval.* settings or another judge.
+
+    Args:
+        config: `--run-id` (and `--constitution`, `--data`) locate the run's checkpoints.
+        policy: A policy folder to evaluate instead of the run's.
+        reward_model: A reward-model folder to score with instead of the run's.
+    """
+    from flows.pipeline import evaluation_pipeline
+
+    t0 = time.monotonic()
+    try:
+        result = evaluation_pipeline(config, policy, reward_model)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlaif evaluate: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"\nevaluation of run {result['run_id']} finished in {_elapsed(t0)}")
+    _print_result(result)
+    return result
+
+
+def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]) -> dict:
+    """Constitution A/B: run (or reuse) the pipeline under each constitution, then judge each
+    trained policy under each constitution; writes compare.md with the table and samples."""
+    from flows.common import fmt
+    from flows.compare import compare_pipeline
+
+    t0 = time.monotonic()
+    result = compare_pipeline(config)
+    print(f"\nconstitution A/B {result['compare_id']} finished in {_elapsed(t0)}")
+    print(f"  report  {result['report']}")
+    print(f"  {'trained under':<16}{'judged under':<16}{'win rate':<10}{'95% CI':<16}{'harmless':<10}")
+    for r in result["table"]:
+        ci = f"{fmt(r['win_rate_ci_low'])}-{fmt(r['win_rate_ci_high'])}"
+        print(f"  {r['trained_under']:<16}{r['judged_under']:<16}{fmt(r['win_rate']):<10}{ci:<16}"
+              f"{fmt(r['policy_harmless_rate']):<10}")
+    return result
+
+
+def _print_result(result: dict) -> None:
+    from flows.common import fmt
+
     print(f"  constitution_sha  {result['constitution_sha']}")
     print(f"  Parquet data      {result['data']}  (pandas.read_parquet('<data>/preferences'))")
     print(f"  checkpoints       {result['checkpoints']}")
@@ -31,7 +82,6 @@ def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]) -> dict:
         print(f"  {k:<32}{fmt(v)}")
     print("Prefect UI: the runs and their artifacts are recorded in Prefect's database. To see them:\n"
           "  .venv/bin/prefect server start    # then open http://127.0.0.1:4200 -> Runs")
-    return result
 
 
 def setup() -> None:
@@ -134,7 +184,8 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
 
 def main() -> None:
     tyro.extras.subcommand_cli_from_dict(
-        {"run": run, "serve": serve, "setup": setup, "validate": validate, "judge-eval": judge_eval},
+        {"run": run, "evaluate": evaluate, "compare": compare, "serve": serve, "setup": setup,
+         "validate": validate, "judge-eval": judge_eval},
         description="rlaif: Constitutional-AI-style RLAIF pipeline (Prefect flows).",
     )
 

@@ -9,8 +9,12 @@ training.ppo, EvalConfig in rlaif.evaluate) and documents its fields once; the C
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from datetime import datetime, timezone
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+import tyro
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from judges.backends import JudgeConfig
 from judges.feedback import FeedbackConfig
@@ -44,12 +48,38 @@ class PipelineConfig(BaseModel):
     judge: JudgeConfig = JudgeConfig()
     run_id: str | None = None
     """Name of this run in every row and folder; None: a new timestamped id."""
+    ray_address: str | None = None
+    """Label the preference shards (--feedback.shards) in parallel on Ray: 'local' starts a
+    temporary Ray instance on this machine, 'auto' or 'ray://host:10001' joins a running
+    cluster (needs the `ray` extra). None: no Ray."""
     generate: GenerateConfig = GenerateConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     sft: SFTConfig = SFTConfig()
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     eval: EvalConfig = EvalConfig()
+
+
+class CompareConfig(PipelineConfig):
+    """Constitution A/B: the pipeline under each constitution (the other fields shared), then
+    each trained policy judged under each constitution."""
+
+    constitution: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Constitutions to compare, each a shipped name or a YAML path; repeat the flag
+    (--constitution a.yaml --constitution b.yaml). None given: harmless and concise."""
+
+    @field_validator("constitution")
+    @classmethod
+    def _two(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        v = v or ("harmless", "concise")
+        stems = [Path(c).stem for c in v]
+        if len(set(stems)) < 2 or len(set(stems)) < len(stems):
+            raise ValueError(f"compare needs two or more constitutions with different file names, got {list(v)}")
+        return v
+
+    def pipeline_config(self, constitution: str, run_id: str) -> PipelineConfig:
+        return PipelineConfig.model_validate({**self.model_dump(exclude={"constitution", "run_id"}),
+                                              "constitution": constitution, "run_id": run_id})
 
 
 class RunContext(BaseModel):

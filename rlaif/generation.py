@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +36,8 @@ class Generation:
     text: str
     n_tokens: int
     has_eos: bool
+    # the sampled response tokens, up to and including the first EOS (an HTTP judge leaves it empty)
+    token_ids: list[int] = field(default_factory=list)
 
 
 def chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -79,8 +81,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], **kw) -> list[Ge
 
 def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
                    top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-                   desc: str = "generating") -> list[Generation]:
-    """Continue each prompt text; batch b is sampled with seed + b."""
+                   desc: str = "generating", on_batch=None) -> list[Generation]:
+    """Continue each prompt text; batch b is sampled with seed + b. `on_batch(n_done)` is
+    called after each batch (e.g. a progress artifact)."""
     results: list[Generation] = []
     eos = tokenizer.eos_token_id
     for b, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch")):
@@ -92,6 +95,8 @@ def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, t
             n = int(m.sum())
             results.append(Generation(
                 text=tokenizer.decode(ids[:n], skip_special_tokens=True).strip(),
-                n_tokens=n, has_eos=bool((ids[:n] == eos).any()),
+                n_tokens=n, has_eos=bool((ids[:n] == eos).any()), token_ids=ids[:n].tolist(),
             ))
+        if on_batch:
+            on_batch(len(results))
     return results

@@ -26,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2  # 2: preferences gained rationales, score_a, score_b
+SCHEMA_VERSION = 3  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
+#                     KL and harmlessness. Older parts read with the added columns null.
 
 LINEAGE = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -69,12 +70,20 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
     "rm_metrics": [*_METRICS, ("reward_model", _s)],
     "ppo_metrics": [*_METRICS, ("reward_model", _s)],
     "eval": [
-        ("prompt_id", _s), ("prompt", _s), ("policy_response", _s), ("reference_response", _s),
-        ("p_policy_better", _f), ("position_consistent", _b),
+        ("prompt_id", _s), ("prompt", _s),
+        ("policy", _s), ("policy_step", _i), ("final", _b),  # PPO snapshots too; final: the trained policy
+        ("policy_response", _s), ("reference_response", _s),
+        ("p_policy_better", _f), ("position_consistent", _b), ("valid", _b),
         ("policy_score", _f), ("reference_score", _f),
-        ("policy_n_tokens", _i), ("reference_n_tokens", _i), ("reward_model", _s),
+        ("policy_n_tokens", _i), ("reference_n_tokens", _i),
+        ("policy_kl", _f),  # KL(policy || reference) of the response, nats
+        ("policy_harmless", _f), ("reference_harmless", _f),  # direct ratings in [-1, 1]
+        ("reward_model", _s),
     ],
 }
+
+# Scratch parts of a run labelled in shards (FeedbackConfig.shards); merged into `preferences`.
+TABLES["preference_shards"] = TABLES["preferences"]
 
 
 def schema(table: str) -> pa.Schema:
@@ -159,6 +168,10 @@ class Store:
                              f"understands ({SCHEMA_VERSION}); upgrade rlaif to read it")
         want = schema(table)
         missing = [n for n in want.names if n not in t.schema.names]
+        if missing and version < SCHEMA_VERSION and meta.get(b"rlaif.table", b"").decode() == table:
+            for n in missing:  # columns added since this part was written
+                t = t.append_column(want.field(n), pa.nulls(t.num_rows, want.field(n).type))
+            missing = []
         if missing or meta.get(b"rlaif.table", b"").decode() != table:
             raise StoreError(f"{path}: not a {table!r} part (missing columns {missing})")
         return t.select(want.names).cast(want)

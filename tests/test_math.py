@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from judges.feedback import debias
-from rlaif.evaluate import wilson_interval
+import pandas as pd
+
+from rlaif.evaluate import length_corrected_win_rate, overoptimised, wilson_interval, win_rate
 from rlaif.generation import response_mask
 from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, gae,
                           kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses)
@@ -133,3 +135,44 @@ def test_debias_averages_both_orders():
 def test_wilson_interval():
     lo, hi = wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+
+
+def test_win_rate_counts_ties_as_half():
+    r = win_rate(np.array([0.9, 0.6, 0.5, 0.2]))
+    assert (r["wins"], r["ties"], r["n"]) == (2, 1, 4) and r["win_rate"] == pytest.approx(2.5 / 4)
+    assert r["ci_low"] < 2.5 / 4 < r["ci_high"]
+    assert math.isnan(win_rate(np.array([]))["win_rate"])
+
+
+def test_length_corrected_win_rate_removes_a_pure_length_preference():
+    rng = np.random.default_rng(0)
+    diff = rng.normal(10, 10, 400)  # the policy is longer on most prompts
+    # a judge that only looks at length: P(policy better) rises with the length difference
+    p = 1 / (1 + np.exp(-diff / 5))
+    assert (p > 0.5).mean() > 0.8  # the raw win rate looks like a big win
+    assert length_corrected_win_rate(p, diff) == pytest.approx(0.5, abs=0.02)
+    # a real preference on top of length survives the correction: sigmoid(1) = 0.73 at equal length
+    p_real = 1 / (1 + np.exp(-(1 + diff / 5)))
+    assert length_corrected_win_rate(p_real, diff) == pytest.approx(0.731, abs=0.02)
+    # no length difference at all: the correction is the mean preference
+    assert length_corrected_win_rate(np.full(50, 0.7), np.zeros(50)) == pytest.approx(0.7, abs=1e-6)
+
+
+def test_overoptimisation_is_flagged_when_the_proxy_rises_and_the_win_rate_falls():
+    curve = pd.DataFrame({"step": [0, 2, 4, 6], "rm_score": [0.0, 0.5, 0.9, 1.4],
+                          "win_rate": [0.5, 0.7, 0.6, 0.45]})
+    assert overoptimised(curve, tolerance=0.1)
+    assert not overoptimised(curve, tolerance=0.3)  # a fall within the tolerance
+    rising = curve.assign(win_rate=[0.5, 0.6, 0.65, 0.7])
+    assert not overoptimised(rising, tolerance=0.1)
+    proxy_fell_too = curve.assign(rm_score=[0.0, 0.5, 0.3, 0.2])
+    assert not overoptimised(proxy_fell_too, tolerance=0.1)
+
+
+def test_snapshot_steps_are_spread_over_the_run():
+    from training.ppo import snapshot_steps
+
+    assert snapshot_steps(8, 3) == {2, 4, 6}
+    assert snapshot_steps(4, 2) == {1, 3}
+    assert snapshot_steps(2, 2) == {1}  # never the final step, never step 0
+    assert snapshot_steps(10, 0) == set()

@@ -144,3 +144,18 @@ def test_every_table_has_a_schema_with_lineage():
         assert schema(table).names[: len(LINEAGE_COLUMNS)] == LINEAGE_COLUMNS
     with pytest.raises(KeyError, match="unknown table 'nope'"):
         Store("x").read("nope")
+
+
+def test_an_older_part_reads_with_the_columns_added_since_as_nulls(tmp_path):
+    store = Store(tmp_path)
+    path = store.write("responses", responses(3), key="k", lineage=lineage())
+    t = pq.read_table(path)
+    # as schema version 2 wrote it: without a column added later
+    old = t.drop_columns(["has_eos"]).replace_schema_metadata({**t.schema.metadata, b"rlaif.schema_version": b"2"})
+    pq.write_table(old, path)
+    df = store.read("responses")
+    assert len(df) == 3 and df["has_eos"].isna().all() and (df["response"] == responses(3)["response"]).all()
+    # the same gap in a part claiming the current version is damage, not age
+    pq.write_table(old.replace_schema_metadata({**t.schema.metadata}), path)
+    with pytest.raises(StoreError, match=r"missing columns \['has_eos'\]"):
+        store.read("responses")

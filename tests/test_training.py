@@ -218,7 +218,7 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
 
     target = 0.5
     cfg = PPOConfig(steps=8, batch_size=32, mini_batch_size=16, ppo_epochs=4, max_new_tokens=2, lr=1e-3,
-                    init_kl_coef=0.05, target_kl=target, kl_horizon=32, missing_eos_penalty=0.0)
+                    init_kl_coef=0.05, target_kl=target, kl_horizon=32, missing_eos_penalty=0.0, snapshots=3)
     m = pd.DataFrame(train_ppo(load_prompts(split="train", limit=32), str(peaked_tiny_model_dir),
                                str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=share_of_good_tokens))
     per_step = m[m["metric"].str.startswith("objective/")].pivot(index="step", columns="metric", values="value")
@@ -229,3 +229,23 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     # the controller pushes kl_coef up while the KL is above the target, down while below
     kl, coef = per_step["objective/kl"].to_numpy(), per_step["objective/kl_coef"].to_numpy()
     assert (np.sign(np.diff(coef)) == np.sign(kl[:-1] - target)).all()
+
+    # Snapshots for the over-optimisation curve, spread over the run, each a loadable policy.
+    from rlaif.evaluate import sequence_kl
+    from rlaif.generation import generate
+    from rlaif.models import load_causal_lm
+    from training.ppo import snapshot_dirs
+
+    assert [step for step, _ in snapshot_dirs(tmp_path / "p")] == [2, 4, 6]
+    assert json.loads((tmp_path / "p-snapshots" / "step-0004" / "lineage.json").read_text())["step"] == 4
+    # The evaluation's KL on the final policy's own samples agrees with what PPO measured in
+    # its last steps; the reference against itself is exactly 0.
+    prompts = load_prompts(split="train", limit=32)
+    policy, ref = load_causal_lm(tmp_path / "p"), load_causal_lm(peaked_tiny_model_dir)
+    gens = generate(policy, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]],
+                    max_new_tokens=2, temperature=cfg.temperature, seed=5, batch_size=32)
+    kl_eval = sequence_kl(policy, ref, tok, list(prompts["prompt"]), gens, cfg.temperature)
+    ppo_kl = per_step["objective/kl"].iloc[-3:].mean()
+    print(f"held-out KL {kl_eval.mean():.3f} vs PPO's last steps {ppo_kl:.3f}")
+    assert 0.33 * ppo_kl <= kl_eval.mean() <= 3 * ppo_kl
+    assert np.abs(sequence_kl(ref, ref, tok, list(prompts["prompt"]), gens, cfg.temperature)).max() < 1e-5

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -99,6 +100,10 @@ class PPOConfig(BaseModel):
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N steps (0: never). A rerun into the same output
     folder resumes from it; a run with more `steps` extends it."""
+    snapshots: int = 2
+    """Intermediate policies saved, evenly spaced over the run, next to the final one
+    (`policy-snapshots/step-N`): evaluation scores each against KL, the over-optimisation
+    curve. 0: none."""
     n_samples_logged: int = 2
     """Sample responses written to ppo_metrics per step."""
     seed: int = 0
@@ -233,10 +238,21 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def snapshot_steps(steps: int, n: int) -> set[int]:
+    """The steps after which an intermediate policy is saved: n, evenly spaced, before the last."""
+    return {round(steps * k / (n + 1)) for k in range(1, n + 1)} - {0, steps}
+
+
+def snapshot_dirs(policy_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of each intermediate policy saved beside `policy_dir`, by step."""
+    d = Path(policy_dir).with_name(Path(policy_dir).name + "-snapshots")
+    return sorted((int(p.name.split("-")[1]), p) for p in d.glob("step-*") if p.is_dir())
+
+
 def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame) -> dict:
     """What must match for a checkpoint to be continued: the inputs and every setting but the
     run's length."""
-    return {**cfg.model_dump(exclude={"steps", "checkpoint_every", "n_samples_logged"}),
+    return {**cfg.model_dump(exclude={"steps", "checkpoint_every", "snapshots", "n_samples_logged"}),
             "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
             "prompt_ids": hashlib.sha256("\n".join(prompts["prompt_id"]).encode()).hexdigest()}
 
@@ -308,6 +324,18 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                     "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(), "metrics": metrics}, tmp)
         os.replace(tmp, ckpt)  # atomic: a crash leaves the previous checkpoint whole
 
+    def save(d: Path, steps_done: int):
+        policy.save_pretrained(d)
+        tok.save_pretrained(d)
+        write_json(d / "rlaif_config.json", cfg.model_dump())
+        write_json(d / "lineage.json", {**lineage, "policy_model": str(resolve_model(policy_model)),
+                                        "reward_model": str(reward_model), "step": steps_done,
+                                        "prompt_ids": prompts["prompt_id"].tolist()})
+        write_json(d / "kl_controller.json", {"kl_coef": kl_ctl.value, "steps": steps_done})
+
+    snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
+    if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
+        shutil.rmtree(out_dir.with_name(f"{out_dir.name}-snapshots"), ignore_errors=True)
     for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
         t0 = time.perf_counter()
         idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
@@ -406,19 +434,13 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                     for i in range(min(cfg.n_samples_logged, len(texts)))]
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(step + 1)
+        if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
+            atomic_save(out_dir.with_name(f"{out_dir.name}-snapshots") / f"step-{step + 1:04d}",
+                        lambda d: save(d, step + 1))
         if on_step:  # e.g. a progress artifact in the Prefect UI
             on_step(step + 1, step_metrics)
 
-    def save(d: Path):
-        policy.save_pretrained(d)
-        tok.save_pretrained(d)
-        write_json(d / "rlaif_config.json", cfg.model_dump())
-        write_json(d / "lineage.json", {**lineage, "policy_model": str(resolve_model(policy_model)),
-                                        "reward_model": str(reward_model),
-                                        "prompt_ids": prompts["prompt_id"].tolist()})
-        write_json(d / "kl_controller.json", {"kl_coef": kl_ctl.value, "steps": cfg.steps})
-
-    atomic_save(out_dir, save)
+    atomic_save(out_dir, lambda d: save(d, cfg.steps))
     return metrics
 
 
