@@ -46,8 +46,9 @@ def plot_reward_kl(curve: pd.DataFrame, path: Path, title: str, flagged: bool) -
     against KL, one point per policy, labelled by PPO step."""
     fig, (ax_rm, ax_win) = figure(2, width=4.5)
     ax_rm.plot(curve["kl"], curve["rm_score"], marker="o", color="tab:blue", label="reward model (proxy)")
-    err = np.array([curve["win_rate"] - curve["ci_low"], curve["ci_high"] - curve["win_rate"]])
-    ax_win.errorbar(curve["kl"], curve["win_rate"], yerr=np.nan_to_num(err), marker="o", color="tab:orange",
+    # (2, N); NaN (the reference point) drawn without a bar, rounding never a negative length
+    err = np.clip(np.nan_to_num([curve["win_rate"] - curve["ci_low"], curve["ci_high"] - curve["win_rate"]]), 0, None)
+    ax_win.errorbar(curve["kl"], curve["win_rate"], yerr=err, marker="o", color="tab:orange",
                     capsize=3, label="judge win rate vs reference (95% CI)")
     ax_win.axhline(0.5, color="gray", lw=0.8, ls="--", label="parity")
     for ax in (ax_rm, ax_win):
@@ -85,11 +86,17 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
     path = Store(ctx.data).write("eval", rows, key=f"{ctx.run_id}/eval/{hashlib.sha256(what.encode()).hexdigest()[:12]}",
                                  lineage=ctx.lineage(policy_model=policy, judge_model=ctx.judge.model),
                                  metadata={"config": cfg.model_dump(), "curve": curve.to_dict("records")})
+    return {"eval": str(path), **summary, "curve": curve.to_dict("records")}
+
+
+@task
+def evaluation_plots(ctx: RunContext, result: dict) -> dict:
+    """The PNGs and the curve table, outside the model task: a plotting error never throws
+    the evaluation away."""
+    rows = Store(ctx.data).read_part("eval", result["eval"]).to_pandas()
+    curve, flagged = pd.DataFrame(result["curve"]), bool(result["eval/overoptimisation"])
     out = report_dir(ctx.data, ctx.run_id)
-    flagged = bool(summary["eval/overoptimisation"])
-    final = rows[rows["final"]]
-    return {"eval": str(path), **summary,
-            "plot": plot_eval(final, out / "eval.png", f"held-out evaluation, run {ctx.run_id}"),
+    return {"plot": plot_eval(rows[rows["final"]], out / "eval.png", f"held-out evaluation, run {ctx.run_id}"),
             "plot_reward_kl": plot_reward_kl(curve, out / "reward_kl.png",
                                              f"reward vs KL across PPO, run {ctx.run_id}", flagged),
             "curve_markdown": curve_markdown(curve, flagged)}
@@ -97,7 +104,8 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
 
 @flow(name="rlaif-evaluate", log_prints=True)
 def evaluate_flow(ctx: RunContext, policy: str, reward_model: str, cfg: EvalConfig = EvalConfig()) -> dict:
-    result = cached(evaluate_task, ctx)(ctx, cfg, policy, reward_model)
+    evaluation = cached(evaluate_task, ctx)(ctx, cfg, policy, reward_model)
+    result = {k: v for k, v in evaluation.items() if k != "curve"} | evaluation_plots(ctx, evaluation)
     markdown = summary_markdown("Evaluation on held-out prompts",
                                 {k: v for k, v in result.items() if k.startswith("eval/")},
                                 {k: result[k] for k in ("eval", "plot", "plot_reward_kl")})

@@ -270,3 +270,14 @@ def test_compare_two_constitutions(prefect_harness, tiny_model_dir, tmp_path):
     pd.testing.assert_frame_equal(pd.DataFrame(again["table"]), table)
     with pytest.raises(ValueError, match="two or more constitutions"):
         CompareConfig(constitution=("harmless", "harmless"))
+
+
+def test_reward_kl_plot_takes_the_reference_point_and_a_rounded_interval(tmp_path):
+    from flows.evaluate import plot_reward_kl
+
+    # the reference has no interval; a 100% win rate's Wilson bound can round to just below 1
+    curve = pd.DataFrame({"step": [0, 1, 2], "kl": [0.0, 0.1, 0.3], "rm_score": [0.0, 0.5, 0.9],
+                          "win_rate": [0.5, 1.0, 0.4], "ci_low": [np.nan, 0.51, 0.2],
+                          "ci_high": [np.nan, 1.0 - 1e-12, 0.6]})
+    path = plot_reward_kl(curve, tmp_path / "reward_kl.png", "t", flagged=True)
+    assert Path(path).read_bytes()[:4] == b"\x89PNG"
