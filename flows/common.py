@@ -78,6 +78,17 @@ def figure(n_panels: int, width: float = 4.0):
     return fig, list(axes[0])
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file through a temporary sibling and a rename: a crash leaves the old file
+    or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def save_figure(fig, path: Path, title: str) -> str:
     """Save as PNG, written to a temporary file, then renamed."""
     import matplotlib.pyplot as plt

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import fmt
+from flows.common import fmt, write_text_atomic
 from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline, prepare_run
 from rlaif.config import CompareConfig
@@ -97,11 +96,7 @@ def compare_pipeline(config: CompareConfig = CompareConfig()) -> dict:
 
     names = {Path(c).stem: ctxs[c].constitution_path for c in constitutions}
     markdown = compare_markdown(cid, names, table, samples)
-    out = report_dir(config.data, cid) / "compare.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".compare.md.tmp")
-    tmp.write_text(markdown)
-    os.replace(tmp, out)
+    out = write_text_atomic(report_dir(config.data, cid) / "compare.md", markdown)
     create_markdown_artifact(key="compare-report", markdown=markdown, description=f"constitution A/B {cid}")
     return {"compare_id": cid, "report": str(out.resolve()), "table": table.to_dict("records"),
             "runs": {Path(c).stem: runs[c]["run_id"] for c in constitutions}}

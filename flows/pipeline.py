@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from constitution import load_constitution
 from constitution.loader import resolve_path
-from flows.common import fmt
+from flows.common import fmt, write_text_atomic
 from flows.evaluate import evaluate_flow
 from flows.feedback import feedback_flow
 from flows.generate import generate_flow
@@ -49,6 +48,12 @@ def prepare_run(config: PipelineConfig) -> RunContext:
     load_prompts(config.prompts, split="eval")
     for name in {config.policy_model, config.judge.model}:
         resolve_model(name)
+    if config.ray_address:
+        try:
+            import prefect_ray  # noqa: F401
+        except ImportError:
+            raise ValueError(f"--ray-address {config.ray_address!r} needs prefect-ray: "
+                             "pip install -e '.[ray]' (make setup installs it)") from None
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
         constitution_path=str(resolve_path(config.constitution).resolve()),
@@ -80,11 +85,7 @@ def write_report(ctx: RunContext, constitution_name: str, stages: dict, name: st
         # the PNGs sit next to report.md; the UI cannot show a local file
         lines += ["", *[f"![{stage}: {k}]({Path(v).name})" for k, v in result.items() if k.startswith("plot")]]
     markdown = "\n".join(lines) + "\n"
-    out = report_dir(ctx.data, ctx.run_id) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{name}.tmp")
-    tmp.write_text(markdown)
-    os.replace(tmp, out)
+    out = write_text_atomic(report_dir(ctx.data, ctx.run_id) / name, markdown)
     in_ui = "\n".join(line for line in lines if not line.startswith("![")) + "\n"
     create_markdown_artifact(key="pipeline-report", markdown=in_ui, description=f"run {ctx.run_id}")
     return str(out)

@@ -14,7 +14,6 @@ pytestmark = pytest.mark.ray
 
 
 def test_sharded_labelling_on_ray_matches_one_task(prefect_harness, tiny_model_dir, tmp_path):
-    pytest.importorskip("prefect_ray", reason="the `ray` extra; `make test` installs it")
     from flows.pipeline import feedback_pipeline
 
     def run(run_id: str, **extra):

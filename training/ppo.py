@@ -243,10 +243,14 @@ def snapshot_steps(steps: int, n: int) -> set[int]:
     return {round(steps * k / (n + 1)) for k in range(1, n + 1)} - {0, steps}
 
 
+def snapshot_root(policy_dir: str | Path) -> Path:
+    """The intermediate policies sit beside the final one: <policy>-snapshots/step-NNNN."""
+    return Path(policy_dir).with_name(Path(policy_dir).name + "-snapshots")
+
+
 def snapshot_dirs(policy_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, folder) of each intermediate policy saved beside `policy_dir`, by step."""
-    d = Path(policy_dir).with_name(Path(policy_dir).name + "-snapshots")
-    return sorted((int(p.name.split("-")[1]), p) for p in d.glob("step-*") if p.is_dir())
+    return sorted((int(p.name.split("-")[1]), p) for p in snapshot_root(policy_dir).glob("step-*") if p.is_dir())
 
 
 def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame) -> dict:
@@ -335,7 +339,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
 
     snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
     if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
-        shutil.rmtree(out_dir.with_name(f"{out_dir.name}-snapshots"), ignore_errors=True)
+        shutil.rmtree(snapshot_root(out_dir), ignore_errors=True)
     for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
         t0 = time.perf_counter()
         idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
@@ -435,7 +439,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(step + 1)
         if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
-            atomic_save(out_dir.with_name(f"{out_dir.name}-snapshots") / f"step-{step + 1:04d}",
+            atomic_save(snapshot_root(out_dir) / f"step-{step + 1:04d}",
                         lambda d: save(d, step + 1))
         if on_step:  # e.g. a progress artifact in the Prefect UI
             on_step(step + 1, step_metrics)
