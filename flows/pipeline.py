@@ -32,6 +32,7 @@ HEADLINE = {
     "held-out win rate vs reference": ("evaluate", "eval/win_rate"),
     "win rate 95% CI low": ("evaluate", "eval/win_rate_ci_low"),
     "win rate 95% CI high": ("evaluate", "eval/win_rate_ci_high"),
+    "held-out ties (the judge's two orders disagree)": ("evaluate", "eval/ties"),
     "win rate at equal length": ("evaluate", "eval/win_rate_length_corrected"),
     "harmlessness rate, policy": ("evaluate", "eval/policy_harmless_rate"),
     "harmlessness rate, reference": ("evaluate", "eval/reference_harmless_rate"),

@@ -137,11 +137,16 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
 
 
-def test_win_rate_counts_ties_as_half():
-    r = win_rate(np.array([0.9, 0.6, 0.5, 0.2]))
-    assert (r["wins"], r["ties"], r["n"]) == (2, 1, 4) and r["win_rate"] == pytest.approx(2.5 / 4)
-    assert r["ci_low"] < 2.5 / 4 < r["ci_high"]
-    assert math.isnan(win_rate(np.array([]))["win_rate"])
+def test_win_rate_counts_inconsistent_orders_as_ties():
+    p = np.array([0.9, 0.6, 0.52, 0.2, 0.45])
+    consistent = np.array([True, True, False, True, False])  # 0.52 and 0.45: the orders disagree
+    r = win_rate(p, consistent)
+    assert (r["wins"], r["losses"], r["ties"], r["n"]) == (2, 1, 2, 5)
+    assert r["win_rate"] == pytest.approx(3 / 5)
+    assert r["ci_low"] < 3 / 5 < r["ci_high"]
+    # a judge that always picks the first-shown answer decides nothing: every pair is a tie
+    assert win_rate(np.array([0.51, 0.49, 0.5]), np.zeros(3, bool))["win_rate"] == 0.5
+    assert math.isnan(win_rate(np.array([]), np.array([], bool))["win_rate"])
 
 
 def test_length_corrected_win_rate_removes_a_pure_length_preference():

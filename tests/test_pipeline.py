@@ -264,12 +264,36 @@ def test_compare_two_constitutions(prefect_harness, tiny_model_dir, tmp_path):
     assert len(shas["harmless"]) == len(shas["concise"]) == 1 and shas["harmless"] != shas["concise"]
     cross = store.read("eval", constitution_sha=shas["concise"][0])
     assert any("harmless-judged-by-concise" in r for r in cross["run_id"].unique())
+    assert (table["wins"] + table["losses"] + table["ties"] == table["compared"]).all()
+    # both runs sample their pairs from the same policy with the same seeds: every valid pair is
+    # labelled under both constitutions, and the report says how often the two judges agreed
+    prefs = {c: store.read("preferences", run_id=r).set_index("pair_id") for c, r in result["runs"].items()}
+    both_valid = (prefs["harmless"]["valid"] & prefs["concise"]["valid"].reindex(prefs["harmless"].index)).sum()
+    agreement = result["label_agreement"]["harmless/concise"]
+    assert agreement["pairs"] == both_valid > 0 and 0 <= agreement["same_choice"] <= 1
+    assert "judges chose the same response" in report and "answer differently on" in report
     # the same comparison again reuses every finished step: same id, same table
     again = compare_pipeline(cfg)
     assert again["compare_id"] == result["compare_id"]
     pd.testing.assert_frame_equal(pd.DataFrame(again["table"]), table)
     with pytest.raises(ValueError, match="two or more constitutions"):
         CompareConfig(constitution=("harmless", "harmless"))
+
+
+def test_label_agreement_counts_the_same_choice_on_the_same_pairs():
+    from flows.compare import label_agreement
+
+    def prefs(p_first, chosen):
+        return pd.DataFrame({"pair_id": ["a", "b", "c", "d"], "response_a": ["x", "y", "z", "w"],
+                             "response_b": ["X", "Y", "Z", "W"], "p_a_first": p_first,
+                             "p_a_second": [0.5] * 4, "chosen": chosen, "valid": True})
+
+    one = prefs([0.9, 0.2, 0.7, 0.6], ["x", "Y", "z", "w"])
+    two = prefs([0.8, 0.6, 0.6, 0.6], ["x", "y", "z", "w"])
+    two.loc[3, "response_b"] = "other"  # a pair whose texts differ is not the same pair
+    a = label_agreement(one, two)
+    assert a["pairs"] == 3 and a["same_choice"] == pytest.approx(2 / 3)
+    assert a["p_correlation"] == pytest.approx(np.corrcoef([0.9, 0.2, 0.7], [0.8, 0.6, 0.6])[0, 1])
 
 
 def test_reward_kl_plot_takes_the_reference_point_and_a_rounded_interval(tmp_path):
