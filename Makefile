@@ -8,7 +8,7 @@ MODELS     := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct/config.json $(RLAIF_HOM
 DEPS_STAMP := $(VENV)/.deps-installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: setup setup-vllm demo test test-vllm clean-data
+.PHONY: setup setup-vllm setup-bench demo test test-vllm bench clean-data
 
 setup: $(DEPS_STAMP) $(MODELS)
 
@@ -54,6 +54,15 @@ test: setup
 # real Prefect server test again in the environment vLLM was added to (~6 min).
 test-vllm: setup $(VLLM_STAMP)
 	$(BIN)/pytest -m "vllm or server"
+
+# The benchmark suite (bench/run.py): every comparison side by side in one run, ratios against
+# the targets, into bench/results/<date>.json and .md. TRL's side runs in its own venv,
+# bench/.venv-trl (bench/trl/setup.sh), so its pins never touch the project's. ~1 hour.
+setup-bench: setup $(VLLM_STAMP)
+	bash bench/trl/setup.sh
+
+bench: setup-bench
+	$(BIN)/python bench/run.py
 
 clean-data:
 	rm -rf data

@@ -8,20 +8,18 @@ same model and batch size, and reports the median pairs/s of each side and their
 2. length-sorted vs input-order batches (transformers backend);
 3. the transformers backend vs the in-process vLLM engine (when vLLM is installed).
 
-    .venv/bin/python bench/judge.py [--model M] [--pairs FILE] [--n 32] [--repeats 3] [--verdict-tokens 64]
+    .venv/bin/python bench/judge.py [--model M] [--pairs FILE] [--n 32] [--repeats 3] [--verdict-tokens 256]
 
 Uses the default judge (model and prompt format) unless told otherwise. Writes
-bench/results/<date>-judge-<model>-v<verdict tokens>.json and prints a markdown table.
+bench/results/<date>-judge.json (another --model: <date>-judge-<model>.json) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import statistics
-import time
+import sys
 from datetime import date
 from importlib.util import find_spec
 from pathlib import Path
@@ -29,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import comparison, interleave, machine, result_path, timed
 from constitution import load_constitution
 from judges.backends import JudgeConfig, TransformersJudge, make_judge
 from judges.feedback import FeedbackConfig, label_preferences
 from judges.human_eval import read_hh_pairs
 from judges.templates import preference_messages
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def generate_then_parse(judge, pairs: pd.DataFrame, constitution, cfg: FeedbackConfig,
@@ -56,82 +56,83 @@ def generate_then_parse(judge, pairs: pd.DataFrame, constitution, cfg: FeedbackC
     return p, float(np.isnan(p).mean())
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - t0
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=JudgeConfig().model, help="judge model (default: the default judge)")
-    ap.add_argument("--prompt-format", choices=["chat", "raw"], default=JudgeConfig().prompt_format)
-    ap.add_argument("--pairs", default="../shared/data/hh-rlhf-harmless-dev.jsonl.gz")
-    ap.add_argument("--n", type=int, default=32, help="pairs per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--verdict-tokens", type=int, default=64,
-                    help="generate-then-parse: length cap on the verdict")
-    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM comparison")
-    args = ap.parse_args()
-
-    hh = read_hh_pairs(args.pairs, args.n)
+def run(quick: bool = False, model: str | None = None, prompt_format: str | None = None,
+        pairs_file: str = "../shared/data/hh-rlhf-harmless-dev.jsonl.gz", n: int = 32, repeats: int = 3,
+        batch_size: int = 8, verdict_tokens: int = 256, vllm: bool = True) -> dict:
+    if quick:
+        n, repeats, verdict_tokens = 4, 1, 16
+    model, prompt_format = model or JudgeConfig().model, prompt_format or JudgeConfig().prompt_format
+    hh = read_hh_pairs(pairs_file, n)
     pairs = hh.rename(columns={"chosen": "response_a", "rejected": "response_b"}).assign(prompt_id=hh["pair_id"])
     c, cfg = load_constitution("harmless"), FeedbackConfig()
-    jcfg = JudgeConfig(model=args.model, prompt_format=args.prompt_format, batch_size=args.batch_size)
+    jcfg = JudgeConfig(model=model, prompt_format=prompt_format, batch_size=batch_size)
     sorted_judge = TransformersJudge(jcfg)
+    last: dict = {}
+
+    def side(name, fn):
+        def measured() -> dict:
+            last[name], seconds = timed(fn)
+            return {"seconds": seconds, "pairs_per_s": len(pairs) / seconds}
+        return measured
+
     sides = {
         "label log-probs": lambda: label_preferences(sorted_judge, pairs, c, cfg)["p_a_first"].to_numpy(),
-        "generate-then-parse": lambda: generate_then_parse(sorted_judge, pairs, c, cfg, args.verdict_tokens),
+        "generate-then-parse": lambda: generate_then_parse(sorted_judge, pairs, c, cfg, verdict_tokens),
         "input-order batches": lambda: label_preferences(TransformersJudge(jcfg, sort_by_length=False),
                                                          pairs, c, cfg)["p_a_first"].to_numpy(),
     }
-    use_vllm = not args.no_vllm and find_spec("vllm") is not None
+    use_vllm = vllm and find_spec("vllm") is not None
     if use_vllm:
         vllm_judge, startup = timed(lambda: make_judge(jcfg.model_copy(update={"backend": "vllm"})))
         sides["vllm-cpu"] = lambda: label_preferences(vllm_judge, pairs, c, cfg)["p_a_first"].to_numpy()
+    runs = interleave({k: side(k, fn) for k, fn in sides.items()}, repeats)
 
-    rates: dict[str, list[float]] = {k: [] for k in sides}
-    last = {}
-    for _ in range(args.repeats):
-        for name, fn in sides.items():  # interleaved: A B C D A B C D
-            last[name], seconds = timed(fn)
-            rates[name].append(len(pairs) / seconds)
-            print(f"{name}: {rates[name][-1]:.3f} pairs/s", flush=True)
-    med = {k: statistics.median(v) for k, v in rates.items()}
     ref = "label log-probs"
     parsed_p, unparsed = last["generate-then-parse"]
-    result = {
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-        "model": args.model, "prompt_format": args.prompt_format, "pairs": len(pairs), "batch_size": args.batch_size,
-        "repeats": args.repeats, "verdict_tokens": args.verdict_tokens,
-        "pairs_per_s": {k: {"median": med[k], "runs": v} for k, v in rates.items()},
-        "ratios": {
-            "label log-probs / generate-then-parse (target >= 10)": med[ref] / med["generate-then-parse"],
-            "length-sorted / input-order batches": med[ref] / med["input-order batches"],
-        },
+    setting = f"{len(pairs)} hh-rlhf pairs, both orders, {Path(model).name}, batch {batch_size}"
+    rows = [
+        comparison(f"judge labelling: label log-probs vs generate-then-parse ({setting}, {verdict_tokens}-token verdict)",
+                   "pairs_per_s", "pairs/s", runs, ref, "generate-then-parse", target=10, higher_is_better=True,
+                   note=f"{unparsed:.0%} of verdicts unparseable"),
+        comparison(f"judge labelling: length-sorted vs input-order batches ({setting})", "pairs_per_s", "pairs/s",
+                   runs, ref, "input-order batches", target=None, higher_is_better=True),
+    ]
+    extra = {
         "generate_then_parse_unparseable": unparsed,
         # first order only, where both sides answered the same question
         "generate_then_parse_agrees_with_labels": float(np.mean((parsed_p[0::2] > 0.5) == (last[ref] > 0.5))),
         "max_abs_diff_sorted_vs_input_order": float(np.abs(last[ref] - last["input-order batches"]).max()),
     }
     if use_vllm:
-        result["ratios"]["vllm-cpu / transformers"] = med["vllm-cpu"] / med[ref]
-        result["vllm_startup_s"] = startup
-        result["max_abs_diff_vllm_vs_transformers"] = float(np.abs(last["vllm-cpu"] - last[ref]).max())
+        rows.append(comparison(f"judge labelling: vllm-cpu vs transformers backend ({setting})", "pairs_per_s",
+                               "pairs/s", runs, "vllm-cpu", ref, target=None, higher_is_better=True,
+                               note=f"vLLM start-up {startup:.0f} s, not in the ratio"))
+        extra["max_abs_diff_vllm_vs_transformers"] = float(np.abs(last["vllm-cpu"] - last[ref]).max())
+    return {"model": model, "prompt_format": prompt_format, "comparisons": rows, **extra}
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{result['date']}-judge-{Path(args.model).name.lower()}-v{args.verdict_tokens}.json"
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="judge model (default: the default judge)")
+    ap.add_argument("--prompt-format", choices=["chat", "raw"], default=None)
+    ap.add_argument("--pairs", default="../shared/data/hh-rlhf-harmless-dev.jsonl.gz")
+    ap.add_argument("--n", type=int, default=32, help="pairs per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--verdict-tokens", type=int, default=256,
+                    help="generate-then-parse: length cap on the verdict")
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM comparison")
+    ap.add_argument("--quick", action="store_true", help="4 pairs, one repeat, a 16-token verdict")
+    args = ap.parse_args()
+    result = {"date": date.today().isoformat(), "machine": machine(),
+              **run(args.quick, args.model, args.prompt_format, args.pairs, args.n, args.repeats,
+                    args.batch_size, args.verdict_tokens, not args.no_vllm)}
+    # the default judge's file is the suite's; another model's gets its own
+    out = result_path("judge" if args.model is None else f"judge-{Path(args.model).name.lower()}", args.quick)
     out.write_text(json.dumps(result, indent=2))
-    print(f"{len(pairs)} hh-rlhf pairs, both orders, batch {args.batch_size}, {args.repeats} interleaved repeats, "
-          f"{result['machine']}")
-    print("| side | median pairs/s | runs |\n|---|---|---|")
-    for k, v in rates.items():
-        print(f"| {k} | {med[k]:.3f} | {', '.join(f'{x:.3f}' for x in v)} |")
-    print("\n| ratio | value |\n|---|---|")
-    for k, v in result["ratios"].items():
-        print(f"| {k} | {v:.2f}x |")
-    print(f"\ngenerate-then-parse: {unparsed:.0%} unparseable verdicts")
+    print("| comparison | a | b | ratio | target |\n|---|---|---|---|---|")
+    for r in result["comparisons"]:
+        print(f"| {r['comparison']} | {r['a_median']:.3f} | {r['b_median']:.3f} | {r['ratio']:.2f}x | {r['target']} |")
     print(f"written to {out}")
 
 
