@@ -42,7 +42,8 @@ def label_agreement(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     m = m[m["valid_1"] & m["valid_2"]]
     p1 = (m["p_a_first_1"] + 1 - m["p_a_second_1"]) / 2
     p2 = (m["p_a_first_2"] + 1 - m["p_a_second_2"]) / 2
-    return {"pairs": len(m), "same_choice": float((m["chosen_1"] == m["chosen_2"]).mean()) if len(m) else float("nan"),
+    same = int((m["chosen_1"] == m["chosen_2"]).sum())
+    return {"pairs": len(m), "same": same, "same_choice": same / len(m) if len(m) else float("nan"),
             "p_correlation": float(p1.corr(p2)) if len(m) > 1 else float("nan")}
 
 
@@ -76,7 +77,8 @@ def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agree
               for r in table.itertuples()]
     lines += ["", "## What the swap changed", ""]
     lines += [f"- Feedback: on the {a['pairs']} pairs both judged, the **{x}** and **{y}** judges chose the same "
-              f"response on {fmt(a['same_choice'])} of them (correlation of P(a better): {fmt(a['p_correlation'])})."
+              f"response on {a['same']} ({a['same_choice']:.0%}); the correlation of their P(a better) is "
+              f"{fmt(a['p_correlation'])}."
               for (x, y), a in agreement.items()]
     lines += [f"- Behaviour: the policies trained under **{x}** and **{y}** answer differently on {k} of {n} "
               "held-out prompts (same sampling seeds)." for (x, y), (k, n) in differ.items()]

@@ -292,7 +292,7 @@ def test_label_agreement_counts_the_same_choice_on_the_same_pairs():
     two = prefs([0.8, 0.6, 0.6, 0.6], ["x", "y", "z", "w"])
     two.loc[3, "response_b"] = "other"  # a pair whose texts differ is not the same pair
     a = label_agreement(one, two)
-    assert a["pairs"] == 3 and a["same_choice"] == pytest.approx(2 / 3)
+    assert a["pairs"] == 3 and a["same"] == 2 and a["same_choice"] == pytest.approx(2 / 3)
     assert a["p_correlation"] == pytest.approx(np.corrcoef([0.9, 0.2, 0.7], [0.8, 0.6, 0.6])[0, 1])
 
 
