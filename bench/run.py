@@ -1,9 +1,9 @@
 """The benchmark suite, one command: `make bench` (or `.venv/bin/python bench/run.py`).
 
 Runs each benchmark in its own process (vLLM and peak-memory figures stay separate), each
-comparing its sides in one invocation, interleaved. Then merges their results into
-`bench/results/<date>.json` and a markdown table, `bench/results/<date>.md`, with every ratio
-against its target.
+comparing its sides in one invocation, interleaved. Then merges today's result of every
+benchmark (so `--only` runs add up) into `bench/results/<date>.json` and a markdown table,
+`bench/results/<date>.md`, with every ratio against its target.
 
     .venv/bin/python bench/run.py [--only judge rollout ...] [--quick]
 """
@@ -50,23 +50,30 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the scripts run")
     args = ap.parse_args()
-    today, results, failed = date.today().isoformat(), {}, {}
+    today, seconds, failed = date.today().isoformat(), {}, {}
     for name in args.only or BENCHMARKS:
         script, stem = BENCHMARKS[name]
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run([sys.executable, script, *(["--quick"] if args.quick else [])], cwd=ROOT).returncode
-        out = result_path(stem, args.quick)
-        if rc != 0 or not out.exists():
+        seconds[name] = time.perf_counter() - t0
+        if rc != 0:
             failed[name] = f"exit status {rc}"
             print(f"!! {name} failed ({failed[name]}); going on", flush=True)
-            continue
-        results[name] = {**json.loads(out.read_text()), "bench_seconds": time.perf_counter() - t0}
+    # today's latest result of every benchmark, so `--only` runs add up to the whole table
+    results = {name: {**json.loads(result_path(stem, args.quick).read_text()), "bench_seconds": seconds.get(name)}
+               for name, (_, stem) in BENCHMARKS.items()
+               if name not in failed and result_path(stem, args.quick).exists()}
     merged = {"date": today, "machine": machine(), "quick": args.quick, "results": results, "failed": failed}
     suffix = "-quick" if args.quick else ""
     (RESULTS / f"{today}{suffix}.json").write_text(json.dumps(merged, indent=2))
     md = f"# Benchmarks {today}{' (quick settings)' if args.quick else ''}\n\nMachine: {merged['machine']}\n\n"
     md += table(results) + "\n"
+    from bench import e2e, store  # their own tables: the scaling and the per-stage breakdown
+
+    for name, module in (("store", store), ("e2e", e2e)):
+        if name in results:
+            md += f"\n## {name}\n\n{module.markdown(results[name])}\n"
     if failed:
         md += "\nFailed: " + ", ".join(f"{k} ({v})" for k, v in failed.items()) + "\n"
     (RESULTS / f"{today}{suffix}.md").write_text(md)

@@ -19,12 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import comparison, interleave, machine, result_path, timed
 from rlaif.store import Lineage, Store
