@@ -4,6 +4,9 @@ its peak memory is its own), on the embedded policy model:
 1. our PPO with LoRA vs with full fine-tuning (`training.ppo.train_ppo`);
 2. our PPO vs TRL's PPO trainer (`trl.experimental.ppo.PPOTrainer`, TRL 1.12.0, the newest
    release that still ships one), LoRA on both by default (`--full`: full fine-tuning on both).
+   Our PPO runs twice in the same interleaving: with its default value head on the policy's
+   trunk, and with a separate value model as TRL has (`shared_value_head=False`, what it did
+   before): the before and after of that change, measured side by side.
 
 All sides get the same prompts (each used once), reward model folder (also the value model's
 start), batch size, minibatch size, PPO epochs, response length (max_new_tokens), temperature
@@ -128,14 +131,17 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
             trl_args = ["--policy", str(resolve_model(EMBEDDED_MODEL)), "--reward-model", reward_model,
                         "--prompts", str(tmp / "prompts.jsonl"), "--config", c.model_dump_json(),
                         "--out", str(tmp / "trl-out")]
-            runs = interleave({"ours": ours(c),
+            separate = c.model_copy(update={"shared_value_head": False})
+            runs = interleave({"ours": ours(c), "ours, separate value model": ours(separate),
                                "trl": lambda: with_seconds(child(TRL_CHILD, trl_args, python=TRL_PYTHON))}, repeats)
             version = runs["trl"][0]["trl"]
             adapters = (f"LoRA r{c.lora_r}/alpha{c.lora_alpha} on q/k/v/o of the policy and of the value model "
                         f"(TRL adds LoRA to the policy only; the same adapter is put on its value model here), "
                         f"reference = policy with the adapter off on both" if c.lora else
                         "full fine-tuning of policy and value model on both, frozen reference copy")
-            note = (f"{setting}; {adapters}; lr {c.lr:g}, AdamW eps 1e-5, constant lr; TRL {version}, the newest "
+            note = (f"{setting}; ours: value head on the policy's trunk (one forward pass for logprobs and values); "
+                    f"ours, separate value model: a second model initialised from the reward model, as TRL; "
+                    f"{adapters}; lr {c.lr:g}, AdamW eps 1e-5, constant lr; TRL {version}, the newest "
                     f"release with a PPO trainer (trl/experimental/ppo; removed in 1.13.0 by huggingface/trl#7020). "
                     f"Not matched: ours clips gradients (norm 1.0), TRL's PPO loop does not; ours adapts the KL "
                     f"coefficient (from 0.05), TRL keeps it fixed at 0.05; TRL takes rollout logprobs from "
@@ -147,6 +153,12 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
                            target=0.7, higher_is_better=False, note=note),
                 comparison("PPO peak memory: ours / TRL", "peak_rss_gib", "GiB", runs, "ours", "trl",
                            target=1.0, higher_is_better=False, note=note),
+                comparison("PPO time per iteration before the shared value head: ours with a separate value "
+                           "model / TRL", "s_per_iter", "s", runs, "ours, separate value model", "trl",
+                           target=None, higher_is_better=False, note=note),
+                comparison("PPO peak memory before the shared value head: ours with a separate value model / TRL",
+                           "peak_rss_gib", "GiB", runs, "ours, separate value model", "trl",
+                           target=None, higher_is_better=False, note=note),
             ]
     return records
 

