@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -129,6 +130,25 @@ def resolve_path(name_or_path: str | Path) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     return SHIPPED_DIR / f"{name_or_path}.yaml"
+
+
+def allowed_dirs() -> list[Path]:
+    """Where a deployment may read constitutions from: the shipped folder, plus the folders in
+    RLAIF_CONSTITUTION_DIRS (separated by os.pathsep) on the machine that runs the flow."""
+    extra = [Path(d) for d in os.environ.get("RLAIF_CONSTITUTION_DIRS", "").split(os.pathsep) if d]
+    return [SHIPPED_DIR.resolve(), *(d.expanduser().resolve() for d in extra)]
+
+
+def check_allowed(name_or_path: str | Path) -> Path:
+    """A constitution named by a flow parameter (a deployment run, which anyone who can reach
+    the Prefect API may start) must lie inside an allowed folder, symlinks resolved."""
+    path = resolve_path(name_or_path).resolve()
+    dirs = allowed_dirs()
+    if not any(path.is_relative_to(d) for d in dirs):
+        raise ConstitutionError(name_or_path, [
+            f"outside the folders a deployment may read constitutions from ({', '.join(map(str, dirs))}); "
+            "add its folder to RLAIF_CONSTITUTION_DIRS where the flow runs"])
+    return path
 
 
 def load_constitution(name_or_path: str | Path) -> Constitution:

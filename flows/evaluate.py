@@ -17,7 +17,8 @@ from judges.backends import make_judge
 from rlaif.config import RunContext
 from rlaif.evaluate import EvalConfig, evaluate
 from rlaif.paths import report_dir
-from rlaif.prompts import load_prompts
+from rlaif.models import load_tokenizer
+from rlaif.prompts import fit_to_context, load_prompts
 from rlaif.store import Store
 from training.ppo import snapshot_dirs
 
@@ -74,7 +75,8 @@ def curve_markdown(curve: pd.DataFrame, flagged: bool) -> str:
 
 @task(**MODEL_TASK)
 def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: str) -> dict:
-    prompts = load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts)
+    prompts = fit_to_context(load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts),
+                             load_tokenizer(ctx.policy_model))
     snapshots = [(step, str(p)) for step, p in snapshot_dirs(policy)] if cfg.snapshots else []
     rows, summary, curve = evaluate(prompts, ctx.policy_model, [*snapshots, (policy_step(policy), policy)],
                                     make_judge(ctx.judge), load_constitution(ctx.constitution_path),

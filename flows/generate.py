@@ -9,15 +9,16 @@ from flows.common import MODEL_TASK, Progress, cached, publish
 from rlaif.config import RunContext
 from rlaif.generation import GenerateConfig, generate
 from rlaif.models import load_causal_lm, load_tokenizer
-from rlaif.prompts import assert_no_eval, load_prompts
+from rlaif.prompts import assert_no_eval, fit_to_context, load_prompts
 from rlaif.store import Store
 
 
 @task(**MODEL_TASK)
 def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
-    prompts = load_prompts(ctx.prompts, split="train", limit=cfg.n_prompts)
+    tok = load_tokenizer(ctx.policy_model)
+    prompts = fit_to_context(load_prompts(ctx.prompts, split="train", limit=cfg.n_prompts), tok)
     assert_no_eval(prompts, "generate")
-    model, tok = load_causal_lm(ctx.policy_model), load_tokenizer(ctx.policy_model)
+    model = load_causal_lm(ctx.policy_model)
     convs = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
     frames = []
     total = len(convs) * cfg.samples_per_prompt

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from constitution import load_constitution
-from constitution.loader import resolve_path
+from constitution.loader import check_allowed, resolve_path
 from flows.common import fmt, write_text_atomic
 from flows.evaluate import evaluate_flow
 from flows.feedback import feedback_flow
@@ -43,7 +43,11 @@ HEADLINE = {
 
 @task
 def prepare_run(config: PipelineConfig) -> RunContext:
-    """Fail fast on bad inputs before any model work: constitution, prompts, models."""
+    """Fail fast on bad inputs before any model work: constitution, prompts, models, data root."""
+    from prefect.runtime import deployment
+
+    if deployment.id:  # the constitution came as a parameter through the Prefect API
+        check_allowed(config.constitution)
     constitution = load_constitution(config.constitution)
     load_prompts(config.prompts, split="train")
     load_prompts(config.prompts, split="eval")
@@ -55,6 +59,7 @@ def prepare_run(config: PipelineConfig) -> RunContext:
         except ImportError:
             raise ValueError(f"--ray-address {config.ray_address!r} needs prefect-ray: "
                              "pip install -e '.[ray]' (make setup installs it)") from None
+    Store(config.data).check_writable()
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
         constitution_path=str(resolve_path(config.constitution).resolve()),

@@ -11,7 +11,8 @@ from judges.backends import make_judge
 from judges.feedback import judge_reward
 from rlaif.config import RunContext
 from rlaif.paths import checkpoint_dir, report_dir
-from rlaif.prompts import assert_no_eval, load_prompts
+from rlaif.models import load_tokenizer
+from rlaif.prompts import assert_no_eval, fit_to_context, load_prompts
 from rlaif.store import Store
 from training.ppo import PPOConfig, train_ppo
 from training.reward import RewardConfig, train_reward_model
@@ -59,7 +60,7 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
 
 @task(**MODEL_TASK)
 def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> dict:
-    prompts = load_prompts(ctx.prompts, split="train")
+    prompts = fit_to_context(load_prompts(ctx.prompts, split="train"), load_tokenizer(ctx.policy_model))
     assert_no_eval(prompts, "ppo")
     out = checkpoint_dir(ctx.data, ctx.constitution_sha, ctx.run_id) / "policy"
     lineage = {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,

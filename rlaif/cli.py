@@ -18,12 +18,24 @@ def _elapsed(t0: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+def _or_exit(command: str, fn):
+    """Bad input (a constitution, prompts, a data root, a run that is not there) ends the
+    command with its message, not a traceback; Prefect has logged the failed flow run."""
+    from rlaif.store import StoreError
+
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, StoreError) as e:
+        print(f"rlaif {command}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]) -> dict:
     """Run the whole pipeline once: generate, feedback, reward model, PPO, evaluate."""
     from flows.pipeline import pipeline
 
     t0 = time.monotonic()
-    result = pipeline(config)
+    result = _or_exit("run", lambda: pipeline(config))
     print(f"\nRLAIF run {result['run_id']} finished in {_elapsed(t0)}")
     _print_result(result)
     return result
@@ -42,11 +54,7 @@ def evaluate(config: Annotated[PipelineConfig, tyro.conf.arg(name="")], policy: 
     from flows.pipeline import evaluation_pipeline
 
     t0 = time.monotonic()
-    try:
-        result = evaluation_pipeline(config, policy, reward_model)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rlaif evaluate: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    result = _or_exit("evaluate", lambda: evaluation_pipeline(config, policy, reward_model))
     print(f"\nevaluation of run {result['run_id']} finished in {_elapsed(t0)}")
     _print_result(result)
     return result

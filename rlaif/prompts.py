@@ -10,6 +10,7 @@ The `eval` split is held out: training stages call `load_prompts(..., split="tra
 from __future__ import annotations
 
 import hashlib
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.2
+MAX_PROMPT_TOKENS = 1024
 
 
 class PromptError(ValueError):
@@ -43,6 +45,35 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _hash_id(text: str) -> str:
     return "h" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def fit_to_context(prompts: pd.DataFrame, tokenizer, max_tokens: int | None = None) -> pd.DataFrame:
+    """Cut prompts longer than `max_tokens` (default: MAX_PROMPT_TOKENS, or a quarter of the
+    tokenizer's context when that is less) to that many tokens, keeping their start, with a
+    warning that counts them: a prompt must leave room in one context for two responses and
+    the judge's own text. Ids stay those of the full prompts."""
+    context = getattr(tokenizer, "model_max_length", None) or MAX_PROMPT_TOKENS * 4
+    limit = max_tokens or min(MAX_PROMPT_TOKENS, context // 4)
+    ids = tokenizer(list(prompts["prompt"]), add_special_tokens=False)["input_ids"]
+    long = [i for i, t in enumerate(ids) if len(t) > limit]
+    if not long:
+        return prompts
+    prompts = prompts.copy()
+    prompts.iloc[long, prompts.columns.get_loc("prompt")] = [tokenizer.decode(ids[i][:limit]) for i in long]
+    names = ", ".join(prompts["prompt_id"].iloc[long[:5]]) + (", ..." if len(long) > 5 else "")
+    warn(f"{len(long)} of {len(prompts)} prompts are longer than {limit} tokens; cut to {limit} ({names})")
+    return prompts
+
+
+def warn(message: str) -> None:
+    """A warning for the terminal, and for the Prefect run's log when there is one."""
+    warnings.warn(message, stacklevel=3)
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # not inside a flow or task run
+        pass
 
 
 def load_prompts(path: str | Path | None = None, split: str | None = None,

@@ -138,18 +138,38 @@ class Store:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **meta})
 
         out_dir = self.table_dir(table, lineage.constitution_sha)
-        out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / self.part_name(key)
         tmp = out_dir / f".tmp-{uuid.uuid4().hex}.parquet"  # dot prefix: invisible to readers
         try:
+            out_dir.mkdir(parents=True, exist_ok=True)
             pq.write_table(arrow, tmp)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
             _fsync_dir(out_dir)
+        except OSError as e:  # a full disk, a read-only or vanished data root
+            raise StoreError(f"{final}: cannot write this {table!r} part ({e.strerror or e}); "
+                             "nothing of it was kept, and the parts already written are intact") from e
         finally:
             tmp.unlink(missing_ok=True)
         return final
+
+    def check_writable(self) -> None:
+        """Fail before any model work when the data root cannot take a file (and its fsync)."""
+        probe = self.root / f".write-probe-{uuid.uuid4().hex}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise StoreError(f"data root {self.root} is not writable ({e.strerror or e})") from e
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def parts(self, table: str, constitution_sha: str | None = None) -> list[Path]:
         d = self.table_dir(table, constitution_sha)

