@@ -31,6 +31,7 @@ BENCHMARKS = {
     "ppo": ("bench/ppo.py", "ppo"),
     "store": ("bench/store.py", "store"),
     "e2e": ("bench/e2e.py", "e2e"),
+    "load": ("bench/load.py", "load"),
 }
 
 
@@ -69,9 +70,9 @@ def main() -> None:
     (RESULTS / f"{today}{suffix}.json").write_text(json.dumps(merged, indent=2))
     md = f"# Benchmarks {today}{' (quick settings)' if args.quick else ''}\n\nMachine: {merged['machine']}\n\n"
     md += table(results) + "\n"
-    from bench import e2e, store  # their own tables: the scaling and the per-stage breakdown
+    from bench import e2e, load, store  # their own tables: scaling, per-stage times, concurrency
 
-    for name, module in (("store", store), ("e2e", e2e)):
+    for name, module in (("store", store), ("e2e", e2e), ("load", load)):
         if name in results:
             md += f"\n## {name}\n\n{module.markdown(results[name])}\n"
     if failed:
