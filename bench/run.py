@@ -5,7 +5,7 @@ comparing its sides in one invocation, interleaved. Then merges today's result o
 benchmark (so `--only` runs add up) into `bench/results/<date>.json` and a markdown table,
 `bench/results/<date>.md`, with every ratio against its target.
 
-    .venv/bin/python bench/run.py [--only judge rollout ...] [--quick]
+    .venv/bin/python bench/run.py [--only judge rollout ...] [--quick] [--merge]
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run these benchmarks only")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the scripts run")
+    ap.add_argument("--merge", action="store_true",
+                    help="run nothing: merge today's results (e.g. of a benchmark run by hand) into the table")
     args = ap.parse_args()
     today, seconds, failed = date.today().isoformat(), {}, {}
-    for name in args.only or BENCHMARKS:
+    for name in [] if args.merge else args.only or BENCHMARKS:
         script, stem = BENCHMARKS[name]
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
