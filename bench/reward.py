@@ -91,8 +91,9 @@ def preference_pairs(n: int, max_length: int):
                      p_chosen=1.0, valid=True)
 
 
-def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = None) -> list[dict]:
-    """Train both sides `repeats` times, interleaved; return the two comparison records."""
+def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = None, seed: int = 0) -> list[dict]:
+    """Train both sides `repeats` times, interleaved; return the two comparison records. The
+    seed picks the held-out split, the score head's initialisation and the batch order."""
     from rlaif.models import EMBEDDED_MODEL, resolve_model
     from training.reward import RewardConfig, split_by_prompt
 
@@ -100,7 +101,7 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
         raise SystemExit(f"{TRL_PYTHON}: missing; run `bash bench/trl/setup.sh` first")
     repeats = repeats or (1 if quick else 2)
     n_pairs = n_pairs or (16 if quick else 200)
-    cfg = RewardConfig(epochs=1) if quick else RewardConfig()  # the project's defaults otherwise
+    cfg = RewardConfig(epochs=1, seed=seed) if quick else RewardConfig(seed=seed)  # the project's defaults otherwise
     prefs = preference_pairs(n_pairs, cfg.max_length)
     train, held = split_by_prompt(prefs, cfg.eval_fraction, cfg.seed)  # the split ours makes inside
 
@@ -119,6 +120,9 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
                     "--seed", str(cfg.seed), "--out", str(tmp / "trl-out")]
         runs = interleave({
             "ours": lambda: child(OURS, [str(tmp / "prefs.jsonl"), cfg.model_dump_json(), str(tmp / "rm")]),
+            # the before: plain shuffled batches, as TRL's default sampler makes them
+            "ours, shuffled batches": lambda: child(OURS, [str(tmp / "prefs.jsonl"), cfg.model_copy(
+                update={"group_by_length": False}).model_dump_json(), str(tmp / "rm")]),
             "trl": lambda: child(TRL_CHILD, trl_args, python=TRL_PYTHON),
         }, repeats)
     for side, rs in runs.items():  # both must have trained and scored the same pairs, on as many threads
@@ -133,13 +137,13 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
     setting = (f"{'QUICK, ' if quick else ''}{len(train)} train / {len(held)} held-out hh-rlhf pairs (both "
                f"responses <= {cfg.max_length} tokens), {cfg.epochs} epoch(s), batch {cfg.batch_size} pairs, "
                f"lr {cfg.lr:g}, LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} on q/k/v/o + score head, "
-               f"center coef {cfg.center_coef:g}, fp32, {runs['ours'][0]['threads']} torch threads, "
+               f"center coef {cfg.center_coef:g}, seed {cfg.seed}, fp32, {runs['ours'][0]['threads']} torch threads, "
                f"{repeats} interleaved repeat(s); {machine()}; TRL {trl_version}, the newest release that still "
                f"ships a PPO trainer (trl/experimental/ppo, removed in 1.13.0 by huggingface/trl#7020), so "
                f"reward and PPO use one TRL")
     unmatched = ("Not matched: TRL tokenises the pairs before its loop, ours tokenises each batch inside "
-                 "it (counted against ours); training order differs (TRL's sampler vs our seeded "
-                 "randperm); TRL excludes biases/norms from weight decay (LoRA has none). Ours is timed "
+                 "it (counted against ours); training order differs (TRL's shuffled batches vs our "
+                 "length-grouped ones; 'ours, shuffled batches' is the before); TRL excludes biases/norms from weight decay (LoRA has none). Ours is timed "
                  "from its progress bar (training loop only); its whole call is in call_seconds.")
     speed = comparison("reward model training throughput: ours / TRL RewardTrainer", "pairs_per_s", "pairs/s",
                        runs, "ours", "trl", target=1.0, higher_is_better=True, note=f"{setting}. {unmatched}")
@@ -150,7 +154,12 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
     acc.update(target="within 2 points", met=abs(diff) <= 2,
                note=f"difference {diff:+.1f} points ({len(held)} held-out pairs: one pair is "
                     f"{100 / len(held):.1f} points). {setting}")
-    return [speed, acc]
+    before = [comparison(f"reward model training {what} before length-grouped batches: ours with shuffled batches "
+                         "/ TRL RewardTrainer", metric, unit, runs, "ours, shuffled batches", "trl", target=None,
+                         higher_is_better=True, note=setting)
+              for what, metric, unit in (("throughput", "pairs_per_s", "pairs/s"),
+                                         ("held-out accuracy", "heldout_accuracy", "accuracy"))]
+    return [speed, acc, *before]
 
 
 def main() -> None:
@@ -159,12 +168,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, help="interleaved repeats per side (default 2; 1 with --quick)")
     ap.add_argument("--pairs", type=int,
                     help="pairs before the 75/25 split (default 200; 16 with --quick); more: a steadier accuracy")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="split, initialisation and order seed, for both sides; other than 0, the result is "
+                         "written as <date>-reward-seed<N>.json, beside the suite's")
     args = ap.parse_args()
-    records = run(args.quick, args.repeats, args.pairs)
+    records = run(args.quick, args.repeats, args.pairs, args.seed)
     print(markdown(records))
     acc = records[1]
     print(f"held-out accuracy difference: {100 * (acc['a_median'] - acc['b_median']):+.1f} points (target: within 2)")
-    print(f"written to {write(records, 'reward', args.quick)}")
+    print(f"written to {write(records, 'reward' if args.seed == 0 else f'reward-seed{args.seed}', args.quick)}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rlaif.models import load_sequence_scorer, load_tokenizer
 from training import TrainingError
@@ -53,6 +54,10 @@ class RewardConfig(BaseModel):
     """Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred."""
     seed: int = 0
     """Seed for head initialisation, shuffling and the split."""
+    group_by_length: bool = True
+    """Batch pairs of similar length (transformers' length-grouped order: shuffled, then sorted
+    within groups of a few batches), so less compute goes to padding: about a quarter fewer
+    token slots on hh-rlhf pairs. False: plain shuffled batches."""
 
 
 # ---------------------------------------------------------------- maths (pure, unit-tested)
@@ -105,6 +110,9 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     chosen = conversation_texts(tok, train["prompt"], train["chosen"])
     rejected = conversation_texts(tok, train["prompt"], train["rejected"])
     p_label = torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32)
+    # a pair's padded width in a batch is that of its longer response
+    n_tokens = [min(max(len(c), len(r)), cfg.max_length) for c, r in
+                zip(*(tok(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)))]
 
     metrics, step = [], 0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -112,7 +120,9 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     model.train()
     with tqdm(total=n_steps, desc="reward model", unit="step") as bar:
         for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
+            order = (torch.tensor(get_length_grouped_indices(n_tokens, cfg.batch_size, generator=gen))
+                     if cfg.group_by_length else torch.randperm(len(train), generator=gen))
+            for idx in order.split(cfg.batch_size):
                 texts = [chosen[i] for i in idx] + [rejected[i] for i in idx]
                 tok.truncation_side = "left"
                 enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
