@@ -36,10 +36,13 @@ def settings(tiny: Path) -> list[str]:
             "--ppo.max-new-tokens", "6", "--eval.n-prompts", "3", "--eval.max-new-tokens", "6"]
 
 
-def start(tiny: Path, data: Path, run_id: str, *extra: str) -> subprocess.Popen:
-    """`rlaif run` in its own process group, with its own Prefect home (a temporary server)."""
+def start(tiny: Path, data: Path, run_id: str, *extra: str, api_url: str | None = None) -> subprocess.Popen:
+    """`rlaif run` in its own process group, with its own Prefect home: against the Prefect
+    server at api_url, or else a temporary server of its own."""
     env = {**os.environ, "PREFECT_HOME": str(data.parent / f"prefect-{data.name}-{run_id}")}
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     log = data.parent / f"{data.name}-{run_id}-{len(list(data.parent.glob(f'{data.name}-{run_id}-*.log')))}.log"
     with open(log, "w") as fh:  # one log per process
         proc = subprocess.Popen([str(RLAIF), "run", "--data", str(data), "--run-id", run_id, *settings(tiny), *extra],
@@ -108,14 +111,22 @@ def test_sigkill_in_labelling_and_in_ppo_then_rerun_equals_an_uninterrupted_run(
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "the same policy"
 
 
-def test_three_runs_at_once_on_one_data_root_lose_and_mix_nothing(tiny_model_dir, tmp_path):
+def test_three_runs_at_once_on_one_data_root_lose_and_mix_nothing(prefect_server, tiny_model_dir, tmp_path):
+    """On one real Prefect server, as the README sets up concurrent runs (three temporary
+    servers starting at once on two cores can miss Prefect's start-up timeout)."""
+    import httpx
+
     from constitution import load_constitution
 
+    url, _ = prefect_server
     data = tmp_path / "data"
     runs = {"a": "harmless", "b": "harmless", "c": "concise"}
-    procs = [start(tiny_model_dir, data, run_id, "--constitution", c) for run_id, c in runs.items()]
+    procs = [start(tiny_model_dir, data, run_id, "--constitution", c, api_url=url) for run_id, c in runs.items()]
     for p in procs:
         finish(p)
+    flow_runs = httpx.post(f"{url}/flow_runs/filter", json={"limit": 200}, timeout=30).json()
+    top = [r for r in flow_runs if r["parent_task_run_id"] is None]
+    assert sorted(r["state_type"] for r in top) == ["COMPLETED"] * 3, "the server saw three finished runs"
     store = Store(data)
     for name, per_run in (("responses", N_PROMPTS * SAMPLES), ("preferences", N_PROMPTS)):
         df = store.read(name)
