@@ -143,7 +143,8 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
                f"reward and PPO use one TRL")
     unmatched = ("Not matched: TRL tokenises the pairs before its loop, ours tokenises each batch inside "
                  "it (counted against ours); training order differs (TRL's shuffled batches vs our "
-                 "length-grouped ones; 'ours, shuffled batches' is the before); TRL excludes biases/norms from weight decay (LoRA has none). Ours is timed "
+                 "length-grouped ones; 'ours, shuffled batches' is the before); TRL excludes biases/norms "
+                 "from weight decay (LoRA has none). Ours is timed "
                  "from its progress bar (training loop only); its whole call is in call_seconds.")
     speed = comparison("reward model training throughput: ours / TRL RewardTrainer", "pairs_per_s", "pairs/s",
                        runs, "ours", "trl", target=1.0, higher_is_better=True, note=f"{setting}. {unmatched}")

@@ -4,7 +4,6 @@ tests do) with the embedded model's tokenizer, so they run in seconds and offlin
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from bench.load import free_port
 
 # Keep Prefect's database and settings out of the user's home during tests.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rlaif-prefect-"))
@@ -58,12 +59,6 @@ def prefect_harness():
         yield
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real Prefect server (API, scheduler and UI, as an operator starts it) on loopback, in
@@ -75,8 +70,9 @@ def prefect_server(tmp_path):
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
            "PREFECT_LOGGING_LEVEL": "INFO"}
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    prefect = Path(sys.executable).parent / "prefect"
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
