@@ -8,7 +8,7 @@ MODELS     := $(RLAIF_HOME)/models/SmolLM2-135M-Instruct/config.json $(RLAIF_HOM
 DEPS_STAMP := $(VENV)/.deps-installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: setup setup-vllm setup-bench demo test test-vllm bench clean-data
+.PHONY: setup setup-vllm setup-bench demo test test-slow test-vllm lint-imports bench clean-data
 
 setup: $(DEPS_STAMP) $(MODELS)
 
@@ -47,8 +47,17 @@ $(VLLM_STAMP): $(DEPS_STAMP)
 demo: setup
 	$(BIN)/rlaif run
 
-test: setup
-	$(BIN)/pytest -m "not vllm"
+# The fast lane: the import contract (the layers in pyproject.toml), then every test that needs
+# neither vLLM nor minutes of real-model or real-process work (~8 min on 2 cores).
+test: setup lint-imports
+	$(BIN)/pytest -m "not vllm and not slow"
+
+lint-imports: setup
+	$(BIN)/lint-imports
+
+# The slow lane: the real embedded models end to end, and faults with real killed processes.
+test-slow: setup
+	$(BIN)/pytest -m "slow and not vllm"
 
 # The vLLM backends against the others and a real OpenAI-compatible vLLM server, and the
 # real Prefect server test again in the environment vLLM was added to (~6 min).

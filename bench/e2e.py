@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, machine, result_path
 
-QUICK = ["--generate.n-prompts", "4", "--ppo.steps", "1", "--eval.n-prompts", "2", "--eval.max-new-tokens", "8"]
+QUICK = ["--generate.n-prompts", "4", "--ppo.steps", "1", "--eval.n-prompts", "2", "--eval.sampling.max-new-tokens", "8"]
 
 
 async def durations() -> dict:
@@ -73,7 +73,7 @@ def markdown(result: dict) -> str:
     lines = [f"`{result['command']}`: **{result['wall_s'] / 60:.1f} min** wall time "
              f"(the pipeline flow itself: {total / 60:.1f} min; the rest is start-up and Prefect's temporary server).",
              "", "| stage (subflow) | seconds | share |", "|---|---|---|"]
-    lines += [f"| {s['flow']} | {s['seconds']:.0f} | {s['seconds'] / total:.0%} |" for s in result["stages"]]
+    lines += [f"| {s['flow']} | {s['seconds']:.0f} | {s['seconds'] / total:.0%} |" for s in result.stages]
     lines += ["", "| task | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in result["tasks"].items() if v >= 1]
     return "\n".join(lines)

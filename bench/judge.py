@@ -32,8 +32,10 @@ if __package__ in (None, ""):
 
 from bench.common import comparison, interleave, machine, result_path, timed
 from constitution import load_constitution
-from judges.backends import JudgeConfig, TransformersJudge, make_judge
-from judges.feedback import FeedbackConfig, label_preferences
+from judges.backends import TransformersJudge, make_judge
+from judges.config import FeedbackConfig, JudgeConfig
+from judges.feedback import label_preferences
+from rlaif.config import Sampling
 from judges.human_eval import read_hh_pairs
 from judges.templates import preference_messages
 
@@ -49,7 +51,7 @@ def generate_then_parse(judge, pairs: pd.DataFrame, constitution, cfg: FeedbackC
         convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
         convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
     texts = [judge.ask(c) for c in convs]
-    out = judge.complete(texts, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
+    out = judge.complete(texts, sampling=Sampling(max_new_tokens=max_new_tokens, temperature=0.0), seed=0,
                          desc="generate-then-parse")
     letters = [re.search(r"\b([AB])\b", g.text) for g in out]
     p = np.array([np.nan if m is None else float(m.group(1) == "A") for m in letters])

@@ -83,7 +83,8 @@ def requests_finished(base_url: str) -> float:
 
 def level(base_url: str, model: str, concurrency: int, pairs, constitution, cfg) -> dict:
     """Label `pairs` once with at most `concurrency` requests in flight."""
-    from judges.backends import JudgeConfig, make_judge
+    from judges.backends import make_judge
+    from judges.config import JudgeConfig
     from judges.feedback import label_preferences
 
     judge = make_judge(JudgeConfig(model=model, backend="openai", base_url=base_url, served_model="judge",
@@ -104,7 +105,7 @@ def run(base_url: str, levels=(1, 2, 4, 8, 16), n_pairs: int = 32, max_seconds: 
     import pandas as pd
 
     from constitution import load_constitution
-    from judges.feedback import FeedbackConfig
+    from judges.config import FeedbackConfig
     from rlaif.models import EMBEDDED_MODEL
     from rlaif.prompts import load_prompts
 

@@ -45,7 +45,8 @@ import json, resource, sys
 from pathlib import Path
 import pandas as pd, torch
 from rlaif.models import EMBEDDED_MODEL
-from training.ppo import PPOConfig, train_ppo
+from training.config import PPOConfig
+from training.ppo import train_ppo
 prompts = pd.read_json(sys.argv[1], lines=True, dtype=False)
 cfg = PPOConfig.model_validate_json(sys.argv[2])
 metrics = train_ppo(prompts, EMBEDDED_MODEL, sys.argv[3], Path(sys.argv[4]), cfg, {})
@@ -59,7 +60,8 @@ import sys
 from pathlib import Path
 from judges.human_eval import read_hh_pairs
 from rlaif.models import EMBEDDED_MODEL
-from training.reward import RewardConfig, train_reward_model
+from training.config import RewardConfig
+from training.reward import train_reward_model
 hh = read_hh_pairs(sys.argv[1], 16)
 prefs = hh.assign(prompt_id=hh["pair_id"], p_chosen=1.0, valid=True)
 reference = hh[["prompt"]].assign(response=hh["chosen"])
@@ -87,7 +89,8 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
     """Run the comparisons (`only`: "lora" or "trl"; both by default); return their records."""
     from rlaif.models import EMBEDDED_MODEL, resolve_model
     from rlaif.prompts import load_prompts
-    from training.ppo import PPOConfig
+    from rlaif.config import Trainable
+    from training.config import PPOConfig
 
     if only != "lora" and not TRL_PYTHON.exists():
         raise SystemExit(f"{TRL_PYTHON}: missing; run `bash bench/trl/setup.sh` first")
@@ -95,7 +98,7 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
     repeats = repeats or (1 if quick else 2)
     reward_model = str(reward_model or small_reward_model())
     # The demo's PPO settings, with no checkpoints or snapshots written between iterations.
-    base = {"steps": steps, "checkpoint_every": 0, "snapshots": 0, **({"max_new_tokens": 8} if quick else {})}
+    base = {"steps": steps, "checkpoint_every": 0, "snapshots": 0, **({"sampling": {"max_new_tokens": 8}} if quick else {})}
     cfg = PPOConfig(**base)
     prompts = load_prompts(split="train").head(steps * cfg.batch_size)  # each used once, by every side
     if len(prompts) < steps * cfg.batch_size:
@@ -103,7 +106,7 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
     warmup = "first iteration dropped as warm-up" if steps > 1 else "ONE iteration per run: includes warm-up"
     setting = (f"{'QUICK, ' if quick else ''}{steps} PPO iteration(s) x {repeats} interleaved repeat(s) per side "
                f"({warmup}); batch {cfg.batch_size}, minibatch {cfg.mini_batch_size}, {cfg.ppo_epochs} PPO epochs, "
-               f"max_new_tokens {cfg.max_new_tokens}, temperature {cfg.temperature}; policy SmolLM2-135M-Instruct "
+               f"max_new_tokens {cfg.sampling.max_new_tokens}, temperature {cfg.sampling.temperature}; policy SmolLM2-135M-Instruct "
                f"(embedded), fp32; reward model {reward_model}; {machine()}")
     records: list[dict] = []
 
@@ -116,9 +119,9 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
                                                      reward_model, str(tmp / "policy")]))
 
         if only in (None, "lora"):
-            full_cfg = cfg.model_copy(update={"lora": False, "lr": 1e-5})
+            full_cfg = cfg.model_copy(update={"trainable": Trainable(method="full"), "lr": 1e-5})
             runs = interleave({"lora": ours(cfg), "full": ours(full_cfg)}, repeats)
-            note = f"{setting}; LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} lr {cfg.lr:g} vs full fine-tuning lr 1e-5"
+            note = f"{setting}; LoRA r{cfg.trainable.lora_r}/alpha{cfg.trainable.lora_alpha} lr {cfg.lr:g} vs full fine-tuning lr 1e-5"
             records += [
                 comparison("our PPO: full fine-tuning / LoRA, time per iteration", "s_per_iter", "s", runs,
                            "full", "lora", target=None, higher_is_better=False, note=note),
@@ -127,7 +130,7 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
             ]
 
         if only in (None, "trl"):
-            c = cfg.model_copy(update={"lora": False, "lr": 1e-5}) if full else cfg
+            c = cfg.model_copy(update={"trainable": Trainable(method="full"), "lr": 1e-5}) if full else cfg
             trl_args = ["--policy", str(resolve_model(EMBEDDED_MODEL)), "--reward-model", reward_model,
                         "--prompts", str(tmp / "prompts.jsonl"), "--config", c.model_dump_json(),
                         "--out", str(tmp / "trl-out")]
@@ -135,9 +138,9 @@ def run(quick: bool = False, reward_model: str | Path | None = None, steps: int 
             runs = interleave({"ours": ours(c), "ours, separate value model": ours(separate),
                                "trl": lambda: with_seconds(child(TRL_CHILD, trl_args, python=TRL_PYTHON))}, repeats)
             version = runs["trl"][0]["trl"]
-            adapters = (f"LoRA r{c.lora_r}/alpha{c.lora_alpha} on q/k/v/o of the policy and of the value model "
+            adapters = (f"LoRA r{c.trainable.lora_r}/alpha{c.trainable.lora_alpha} on q/k/v/o of the policy and of the value model "
                         f"(TRL adds LoRA to the policy only; the same adapter is put on its value model here), "
-                        f"reference = policy with the adapter off on both" if c.lora else
+                        f"reference = policy with the adapter off on both" if c.trainable.method == "lora" else
                         "full fine-tuning of policy and value model on both, frozen reference copy")
             note = (f"{setting}; ours: value head on the policy's trunk (one forward pass for logprobs and values); "
                     f"ours, separate value model: a second model initialised from the reward model, as TRL; "

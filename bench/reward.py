@@ -42,17 +42,18 @@ import json, resource, sys, time
 from pathlib import Path
 import pandas as pd, torch
 import training.reward as R
+import training.supervised as S
 from rlaif.models import EMBEDDED_MODEL
 
 span = {}
-class TimedBar(R.tqdm):
+class TimedBar(S.tqdm):
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         span["start"] = time.perf_counter()
     def close(self):
         span.setdefault("end", time.perf_counter())
         super().close()
-R.tqdm = TimedBar
+S.tqdm = TimedBar
 
 prefs = pd.read_json(sys.argv[1], lines=True, dtype=False)
 cfg = R.RewardConfig.model_validate_json(sys.argv[2])
@@ -95,7 +96,8 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
     """Train both sides `repeats` times, interleaved; return the two comparison records. The
     seed picks the held-out split, the score head's initialisation and the batch order."""
     from rlaif.models import EMBEDDED_MODEL, resolve_model
-    from training.reward import RewardConfig, split_by_prompt
+    from training.config import RewardConfig
+    from training.reward import split_by_prompt
 
     if not TRL_PYTHON.exists():
         raise SystemExit(f"{TRL_PYTHON}: missing; run `bash bench/trl/setup.sh` first")
@@ -115,8 +117,8 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
                                         "split": split}) + "\n")
         trl_args = ["--model", str(resolve_model(EMBEDDED_MODEL)), "--pairs", str(tmp / "trl_pairs.jsonl"),
                     "--batch-size", str(cfg.batch_size), "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
-                    "--max-length", str(cfg.max_length), "--lora-r", str(cfg.lora_r),
-                    "--lora-alpha", str(cfg.lora_alpha), "--center-coef", str(cfg.center_coef),
+                    "--max-length", str(cfg.max_length), "--lora-r", str(cfg.trainable.lora_r),
+                    "--lora-alpha", str(cfg.trainable.lora_alpha), "--center-coef", str(cfg.center_coef),
                     "--seed", str(cfg.seed), "--out", str(tmp / "trl-out")]
         runs = interleave({
             "ours": lambda: child(OURS, [str(tmp / "prefs.jsonl"), cfg.model_dump_json(), str(tmp / "rm")]),
@@ -136,7 +138,7 @@ def run(quick: bool = False, repeats: int | None = None, n_pairs: int | None = N
     trl_version = runs["trl"][0]["trl"]
     setting = (f"{'QUICK, ' if quick else ''}{len(train)} train / {len(held)} held-out hh-rlhf pairs (both "
                f"responses <= {cfg.max_length} tokens), {cfg.epochs} epoch(s), batch {cfg.batch_size} pairs, "
-               f"lr {cfg.lr:g}, LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} on q/k/v/o + score head, "
+               f"lr {cfg.lr:g}, LoRA r{cfg.trainable.lora_r}/alpha{cfg.trainable.lora_alpha} on q/k/v/o + score head, "
                f"center coef {cfg.center_coef:g}, seed {cfg.seed}, fp32, {runs['ours'][0]['threads']} torch threads, "
                f"{repeats} interleaved repeat(s); {machine()}; TRL {trl_version}, the newest release that still "
                f"ships a PPO trainer (trl/experimental/ppo, removed in 1.13.0 by huggingface/trl#7020), so "

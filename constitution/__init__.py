@@ -9,6 +9,7 @@ from constitution.loader import (
     ConstitutionError,
     Example,
     Principle,
+    check_markers,
     load_constitution,
     shipped_constitutions,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "ConstitutionError",
     "Example",
     "Principle",
+    "check_markers",
     "load_constitution",
     "shipped_constitutions",
 ]

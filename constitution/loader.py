@@ -37,8 +37,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 SHIPPED_DIR = Path(__file__).parent
 MAX_FILE_BYTES = 256 * 1024
 MAX_TEXT_CHARS = 2000
-# Strings that would let a principle break the judge's prompt format.
-FORBIDDEN = ("(A)", "(B)", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "Human:", "Assistant:")
+# Strings that would let a principle break the judge's prompt format, whatever the model: the
+# option labels, the raw judge prompt's turn markers (judges.templates.raw_prompt writes
+# "User:"/"Assistant:"), hh-rlhf's "Human:" and ChatML's tokens. The markers of the models a
+# run really uses (their chat templates' special tokens) are checked by `check_markers`.
+FORBIDDEN = ("(A)", "(B)", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "Human:", "User:", "Assistant:")
 
 _ID = r"^[a-z0-9][a-z0-9-]*$"
 
@@ -149,6 +152,26 @@ def check_allowed(name_or_path: str | Path) -> Path:
             f"outside the folders a deployment may read constitutions from ({', '.join(map(str, dirs))}); "
             "add its folder to RLAIF_CONSTITUTION_DIRS where the flow runs"])
     return path
+
+
+def check_markers(constitution: Constitution, path: str | Path, markers, whose: str) -> None:
+    """Raise a ConstitutionError naming every text of `constitution` that contains one of
+    `markers`: the prompt markers of the model `whose` (its chat template's special tokens,
+    judges.templates.prompt_markers), which a principle could use to forge a turn."""
+    errors = []
+    for i, p in enumerate(constitution.principles):
+        for field in ("critique_request", "revision_request", "preference_question"):
+            errors += _marker_errors(f"principles.{i}.{field}", getattr(p, field), markers, whose)
+    for i, e in enumerate(constitution.examples):
+        for field in ("prompt", "response", "critique", "revision"):
+            errors += _marker_errors(f"examples.{i}.{field}", getattr(e, field), markers, whose)
+    if errors:
+        raise ConstitutionError(path, errors)
+
+
+def _marker_errors(field: str, text: str, markers, whose: str) -> list[str]:
+    bad = [m for m in markers if m and m in text]
+    return [f"{field}: contains {bad[0]!r}, a prompt marker of {whose}, which would break its prompt format"] if bad else []
 
 
 def load_constitution(name_or_path: str | Path) -> Constitution:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,24 +10,12 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
+from flows.reports import fmt, summary_markdown
+
 # Model-heavy tasks carry this tag; a concurrency limit on it keeps two from running at once.
 MODEL_TAG = "rlaif-model"
 # Retries and a generous timeout on every task that calls a model.
 MODEL_TASK = dict(retries=1, retry_delay_seconds=5, timeout_seconds=4 * 3600, tags=[MODEL_TAG])
-
-
-def fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
-def summary_markdown(title: str, summary: dict, paths: dict | None = None) -> str:
-    lines = [f"## {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| `{k}` | {fmt(v)} |" for k, v in summary.items()]
-    if paths:
-        lines += ["", *[f"- {k}: `{v}`" for k, v in paths.items()]]
-    return "\n".join(lines)
 
 
 def publish(key: str, title: str, summary: dict, paths: dict | None = None) -> None:
@@ -61,66 +47,11 @@ def publish_samples(key: str, title: str, df, columns: list[str], n: int = 5, wi
     create_table_artifact(key=key, table=cut, description=title)
 
 
-# Units for the y axes of the training curves.
-UNITS = {"objective/kl": "nats per response", "objective/kl_coef": "coefficient",
-         "objective/scores": "score (RM: std units on the reference)", "objective/rlhf_reward": "score - KL penalty",
-         "rm/loss": "cross-entropy (nats)"}
-
-
-def figure(n_panels: int, width: float = 4.0):
-    """A row of matplotlib panels, drawn off-screen (a server has no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 3.2), squeeze=False)
-    return fig, list(axes[0])
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file through a temporary sibling and a rename: a crash leaves the old file
-    or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def save_figure(fig, path: Path, title: str) -> str:
-    """Save as PNG, written to a temporary file, then renamed."""
-    import matplotlib.pyplot as plt
-
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return str(path)
-
-
-def plot_metrics(metrics, names: list[str], path: Path, title: str) -> str:
-    """One panel per metric against `step` (a metrics table: step, metric, value)."""
-    fig, axes = figure(len(names))
-    for ax, name in zip(axes, names):
-        m = metrics[metrics["metric"] == name].sort_values("step")
-        ax.plot(m["step"], m["value"], marker=".")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel(UNITS.get(name, "value"), fontsize=8)
-    return save_figure(fig, path, title)
-
-
 def _code_version() -> str:
     """A hash of the project's Python sources: any code change invalidates every cached step."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for pkg in ("rlaif", "judges", "training", "constitution", "flows"):
+    for pkg in ("rlaif", "constitution", "judges", "training", "evaluation", "flows"):
         for f in sorted((root / pkg).rglob("*.py")):
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
@@ -145,5 +76,5 @@ STEP_CACHE = INPUTS + TASK_SOURCE + _CodeVersion()
 def cached(task, ctx):
     """`task` with its cache records kept under the run's data root (`.cache/`), so deleting the
     data root deletes the cache with it: a hit never points at deleted files."""
-    return task.with_options(cache_policy=STEP_CACHE.configure(key_storage=Path(ctx.data).resolve() / ".cache"),
+    return task.with_options(cache_policy=STEP_CACHE.configure(key_storage=ctx.layout.cache.resolve()),
                              persist_result=True)

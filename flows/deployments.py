@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlaif.config import PipelineConfig
+from flows.config import PipelineConfig
 
 SHIPPED_SCHEDULES = Path(__file__).with_name("schedules.yaml")
 

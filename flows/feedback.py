@@ -6,16 +6,16 @@ import os
 import socket
 
 import numpy as np
-import pandas as pd
 from prefect import flow, task
 from prefect.futures import as_completed
 
 from constitution import load_constitution
 from flows.common import MODEL_TASK, Progress, cached, publish, publish_samples
-from judges.backends import JudgeConfig, make_judge
-from judges.feedback import (FeedbackConfig, critique_and_revise, label_preferences, make_pairs,
-                             make_revision_pairs)
-from rlaif.config import RunContext
+from flows.config import RunContext
+from flows.results import FeedbackResult
+from judges.backends import make_judge
+from judges.config import FeedbackConfig, JudgeConfig
+from judges.feedback import critique_and_revise, label_preferences, make_pairs, make_revision_pairs
 from rlaif.store import Store
 
 
@@ -69,8 +69,7 @@ def merge_shards(ctx: RunContext, cfg: FeedbackConfig, shard_paths: list[str]) -
     """The labelled shards, in shard order (the pairs' order), as the run's one `preferences`
     part: readers never see a shard, and a changed shard count cannot duplicate rows."""
     store = Store(ctx.data)
-    rows = pd.concat([store.read_part("preference_shards", p).to_pandas() for p in shard_paths],
-                     ignore_index=True)
+    rows = store.read_parts("preference_shards", shard_paths)
     return str(store.write("preferences", rows, key=f"{ctx.run_id}/preferences",
                            lineage=ctx.lineage(judge_model=ctx.judge.model),
                            metadata={"config": cfg.model_dump(), "inputs": shard_paths}))
@@ -100,18 +99,13 @@ def label_shards(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, crit
     return path, len({s["worker"] for s in shards})
 
 
-@flow(name="rlaif-feedback", log_prints=True)
-def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig(),
-                  on_ray: bool = False) -> dict:
-    """`on_ray`: the caller gave this flow a RayTaskRunner (`with_options(task_runner=...)`), so
-    the preference shards are labelled in parallel on Ray workers."""
-    critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
-    preferences, workers = label_shards(ctx, cfg, responses_path, critiques, on_ray)
+@task
+def summarise_feedback(ctx: RunContext, cfg: FeedbackConfig, critiques: str, preferences: str, workers: int) -> dict:
     store = Store(ctx.data)
     prefs = store.read_part("preferences", preferences).to_pandas()
-    n_crit = store.read_part("critiques", critiques).num_rows
     valid = prefs[prefs["valid"]]
-    summary = {"judge/critiques": n_crit, "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
+    summary = {"judge/critiques": store.read_part("critiques", critiques).num_rows,
+               "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
                "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
                "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan"),
                "judge/backend": ctx.judge.backend, "judge/shards": cfg.shards, "judge/label_workers": workers,
@@ -119,12 +113,24 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
                   for reason, n in prefs["invalid_reason"].dropna().value_counts().items()}}
     if cfg.direct_scores:
         summary["judge/mean_direct_score"] = float(valid[["score_a", "score_b"]].stack().mean())
-    publish("feedback-summary", "Feedback: critiques and preferences", summary,
-            {"critiques": critiques, "preferences": preferences})
     publish_samples("feedback-critiques", "Sample critiques and revisions",
                     store.read_part("critiques", critiques).to_pandas(),
                     ["prompt", "round", "principle_id", "response", "critique", "revision"])
     publish_samples("feedback-preferences", "Sample preference pairs", prefs,
                     ["prompt", "response_a", "response_b", "p_a_first", "p_a_second", "p_chosen",
                      "principle_ids", "valid", "invalid_reason"])
-    return {"critiques": critiques, "preferences": preferences, **summary}
+    return summary
+
+
+@flow(name="rlaif-feedback", log_prints=True)
+def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = FeedbackConfig(),
+                  on_ray: bool = False) -> FeedbackResult:
+    """`on_ray`: the caller gave this flow a RayTaskRunner (`with_options(task_runner=...)`), so
+    the preference shards are labelled in parallel on Ray workers."""
+    critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
+    preferences, workers = label_shards(ctx, cfg, responses_path, critiques, on_ray)
+    result = FeedbackResult(critiques=critiques, preferences=preferences,
+                            metrics=summarise_feedback(ctx, cfg, critiques, preferences, workers))
+    publish("feedback-summary", "Feedback: critiques and preferences", result.metrics,
+            {"critiques": critiques, "preferences": preferences})
+    return result

@@ -6,8 +6,10 @@ import pandas as pd
 from prefect import flow, task
 
 from flows.common import MODEL_TASK, Progress, cached, publish
-from rlaif.config import RunContext
-from rlaif.generation import GenerateConfig, generate
+from flows.config import RunContext
+from flows.results import GenerateResult
+from rlaif.config import GenerateConfig
+from rlaif.generation import generate
 from rlaif.models import load_causal_lm, load_tokenizer
 from rlaif.prompts import assert_no_eval, fit_to_context, load_prompts
 from rlaif.store import Store
@@ -25,15 +27,13 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     progress = Progress("generate-progress", total, "Responses generated")
     for s in range(cfg.samples_per_prompt):
         seed = cfg.seed + 7919 * s
-        gens = generate(model, tok, convs, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                        batch_size=cfg.batch_size, desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})",
-                        on_batch=lambda n, done=len(convs) * s: progress(done + n))
+        gens = generate(model, tok, convs, cfg.sampling, seed=seed, batch_size=cfg.batch_size,
+                        desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})", on_batch=lambda n, done=len(convs) * s: progress(done + n))
         frames.append(pd.DataFrame({
             "prompt_id": prompts["prompt_id"], "split": prompts["split"], "prompt": prompts["prompt"],
             "response_id": [f"{pid}/s{s}" for pid in prompts["prompt_id"]], "sample_idx": s,
             "response": [g.text for g in gens], "n_tokens": [g.n_tokens for g in gens],
-            "has_eos": [g.has_eos for g in gens], "temperature": cfg.temperature, "seed": seed,
+            "has_eos": [g.has_eos for g in gens], "temperature": cfg.sampling.temperature, "seed": seed,
         }))
     path = Store(ctx.data).write("responses", pd.concat(frames, ignore_index=True),
                                  key=f"{ctx.run_id}/responses", lineage=ctx.lineage(),
@@ -41,12 +41,17 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     return str(path)
 
 
-@flow(name="rlaif-generate", log_prints=True)
-def generate_flow(ctx: RunContext, cfg: GenerateConfig = GenerateConfig()) -> dict:
-    path = cached(generate_responses, ctx)(ctx, cfg)
+@task
+def summarise_responses(ctx: RunContext, path: str) -> dict:
     df = Store(ctx.data).read_part("responses", path).to_pandas()
-    summary = {"generate/responses": len(df), "generate/prompts": df["prompt_id"].nunique(),
-               "generate/mean_tokens": float(df["n_tokens"].mean()),
-               "generate/eos_fraction": float(df["has_eos"].mean())}
-    publish("generate-summary", "Generate: policy responses", summary, {"responses": path})
-    return {"responses": path, **summary}
+    return {"generate/responses": len(df), "generate/prompts": df["prompt_id"].nunique(),
+            "generate/mean_tokens": float(df["n_tokens"].mean()),
+            "generate/eos_fraction": float(df["has_eos"].mean())}
+
+
+@flow(name="rlaif-generate", log_prints=True)
+def generate_flow(ctx: RunContext, cfg: GenerateConfig = GenerateConfig()) -> GenerateResult:
+    path = cached(generate_responses, ctx)(ctx, cfg)
+    result = GenerateResult(responses=path, metrics=summarise_responses(ctx, path))
+    publish("generate-summary", "Generate: policy responses", result.metrics, {"responses": path})
+    return result

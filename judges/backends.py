@@ -23,59 +23,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Literal
-
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from judges.config import JudgeConfig
+from rlaif.config import Sampling
 from judges.templates import raw_prompt
 from rlaif.generation import Generation, chat_text, generate_texts, position_ids
-from rlaif.models import EMBEDDED_JUDGE, ModelError, load_causal_lm, load_tokenizer, resolve_model
+from rlaif.models import ModelError, load_causal_lm, load_tokenizer, resolve_model
 
 
 class JudgeError(RuntimeError):
     pass
-
-
-class JudgeConfig(BaseModel):
-    """The judge model and the backend it runs on (used by feedback and evaluation)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    model: str = EMBEDDED_JUDGE
-    """Judge model: an embedded model's name (gemma3-270m, smollm2-135m-instruct) or a local HF
-    folder. Its tokenizer and chat template build every judge prompt, whatever the backend."""
-    prompt_format: Literal["raw", "chat"] = "raw"
-    """How judge questions (preference labels, ratings) reach the model: plain 'User:/Assistant:'
-    text, or the model's chat template. Raw text agreed with humans more for both embedded
-    judges on 100 pairs (README); critiques and revisions always use the chat template."""
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    """Where the judge runs: in process (transformers, vllm) or over HTTP (openai)."""
-    batch_size: int = 8
-    """transformers: sequences per forward pass or `generate` call."""
-    top_logprobs: int = 20
-    """vllm, openai: next-token alternatives read per answer; an option label outside them
-    makes the pair invalid, with that reason."""
-    vllm_dtype: str = "float32"
-    """vllm: weight dtype. float32 keeps P(A) within 1e-3 of the transformers backend."""
-    vllm_kv_cache_gb: float = 1.0
-    """vllm: memory reserved for the KV cache, in GiB (GPU memory, or RAM on a CPU)."""
-    vllm_enforce_eager: bool = True
-    """vllm: skip graph compilation (start-up 28 s instead of ~100 s on a 2-core CPU)."""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """openai: the endpoint's base URL."""
-    served_model: str | None = None
-    """openai: the model name the endpoint serves (None: `model`)."""
-    api_key_env: str = "RLAIF_JUDGE_API_KEY"
-    """openai: name of the environment variable holding the API key (unset: no key)."""
-    timeout_s: float = 60.0
-    """openai: per-request timeout, in seconds."""
-    max_retries: int = 4
-    """openai: retries (exponential backoff) on timeouts, 429 and 5xx."""
-    max_concurrency: int = 8
-    """openai: requests in flight at once."""
 
 
 @dataclass
@@ -142,7 +102,7 @@ class Judge:
                             desc: str = "judging") -> TokenLogprobs:
         raise NotImplementedError
 
-    def complete(self, texts: list[str], *, max_new_tokens: int, temperature: float, seed: int,
+    def complete(self, texts: list[str], *, sampling: Sampling, seed: int,
                  desc: str = "judge writing") -> list[Generation]:
         raise NotImplementedError
 
@@ -194,9 +154,8 @@ class TransformersJudge(Judge):
             out[idx] = (logp * is_cont).sum(-1).numpy()
         return out
 
-    def complete(self, texts, *, max_new_tokens, temperature, seed, desc="judge writing"):
-        return generate_texts(self.model, self.tokenizer, texts, max_new_tokens=max_new_tokens,
-                              temperature=temperature, seed=seed, batch_size=self.cfg.batch_size,
+    def complete(self, texts, *, sampling, seed, desc="judge writing"):
+        return generate_texts(self.model, self.tokenizer, texts, sampling, seed=seed, batch_size=self.cfg.batch_size,
                               desc=desc)
 
 
@@ -251,10 +210,11 @@ class VLLMJudge(Judge):
             errors.append(_missing(candidates, found, k))
         return TokenLogprobs(lp, errors)
 
-    def complete(self, texts, *, max_new_tokens, temperature, seed, desc="judge writing"):
+    def complete(self, texts, *, sampling, seed, desc="judge writing"):
         from vllm import SamplingParams
 
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed + i)
+        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, seed=seed + i)
                   for i in range(len(texts))]
         outs = self.llm.generate(self._prompts(texts), params,
                                  use_tqdm=partial(tqdm, desc=desc))
@@ -312,13 +272,14 @@ class OpenAIJudge(Judge):
         return TokenLogprobs(np.array([r[0] for r in rows], dtype=float).reshape(len(texts), len(ids)),
                              [r[1] for r in rows])
 
-    def complete(self, texts, *, max_new_tokens, temperature, seed, desc="judge writing"):
+    def complete(self, texts, *, sampling, seed, desc="judge writing"):
         def one(args) -> Generation:
             i, text = args
             try:
                 r = self.client.completions.create(model=self.served_model, prompt=text,
-                                                   max_tokens=max_new_tokens,
-                                                   temperature=temperature, seed=seed + i)
+                                                   max_tokens=sampling.max_new_tokens,
+                                                   temperature=sampling.temperature,
+                                                   top_p=sampling.top_p, seed=seed + i)
                 c = r.choices[0]
             except openai.APIError as e:
                 raise JudgeError(_request_error(e, self.cfg.max_retries)) from None

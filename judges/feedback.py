@@ -11,70 +11,13 @@ import random
 
 import numpy as np
 import pandas as pd
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from constitution import Constitution
 from judges.backends import JudgeError
+from judges.config import FeedbackConfig
+from rlaif.config import Sampling
 from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
                               TEMPLATE_VERSION, contrastive_messages, critique_messages,
                               preference_messages, rating_messages, revision_messages)
-
-
-class FeedbackConfig(BaseModel):
-    """Stage 2: the judge critiques and revises responses, then labels preference pairs."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    critic: Literal["policy", "judge"] = "policy"
-    """Who writes critiques and revisions: the policy, critiquing itself as in the CAI paper
-    (the default judge is a base model, which cannot follow a critique request), or the
-    judge. The critiques table's judge_model column names the writer."""
-    critique_rounds: int = 2
-    """Critique->revision rounds per response (the CAI paper uses up to 4); each round
-    samples one principle."""
-    critique_all_samples: bool = False
-    """Critique every sampled response, not only the first per prompt."""
-    few_shot: int = 1
-    """Few-shot examples from the constitution file put before each critique."""
-    max_new_tokens: int = 48
-    """Length cap on each critique and revision, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature for critiques and revisions."""
-    pair_source: Literal["policy", "revision"] = "policy"
-    """Preference pairs: two policy samples per prompt, or each critiqued response against
-    its final revision."""
-    principles_per_pair: int = 1
-    """Principles sampled per preference pair; their P(A) are averaged."""
-    scoring: Literal["labels", "contrastive"] = "labels"
-    """labels: P(A) vs P(B) read after the multiple-choice question, in both orders.
-    contrastive: each response's log-likelihood under a principle-following system prompt
-    minus under a principle-violating one; P(a better) = sigmoid(score_a - score_b). No
-    positions, so no position bias (transformers backend only)."""
-    chain_of_thought: bool = False
-    """The judge writes a rationale before the labels are read (CAI's CoT); P(A) is then
-    clamped to `cot_clamp`, because a rationale makes the label near-certain."""
-    cot_clamp: tuple[float, float] = (0.4, 0.6)
-    """Band P(A) is clamped to when chain_of_thought is on."""
-    @field_validator("cot_clamp")
-    @classmethod
-    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0.0 <= v[0] <= 0.5 <= v[1] <= 1.0:
-            raise ValueError(f"cot_clamp {v}: expected (low, high) with 0 <= low <= 0.5 <= high <= 1")
-        return v
-
-    cot_max_new_tokens: int = 64
-    """Length cap on each rationale, in tokens."""
-    direct_scores: bool = False
-    """Also rate each response 1-10 on its own (d-RLAIF): the expected rating over the digit
-    probabilities, mapped to [-1, 1], is stored as score_a / score_b."""
-    seed: int = 0
-    """Seed for principle sampling and critique text."""
-    shards: int = Field(default=1, ge=1)
-    """Split the preference pairs into this many labelling tasks: one after another on one
-    machine, in parallel on Ray workers with `--ray-address`. The labels do not depend on it
-    (principles are drawn per pair)."""
 
 
 def seeded_rng(seed: int, *parts) -> random.Random:
@@ -93,13 +36,11 @@ def critique_and_revise(judge, responses: pd.DataFrame, constitution: Constituti
                       for rid in todo["response_id"]]
         crit_msgs = [critique_messages(constitution, p, q, r, cfg.few_shot)
                      for p, q, r in zip(principles, todo["prompt"], current)]
-        critiques = judge.generate(crit_msgs, max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, seed=cfg.seed + 1000 * rnd,
+        critiques = judge.generate(crit_msgs, sampling=cfg.sampling, seed=cfg.seed + 1000 * rnd,
                                    desc=f"critiques (round {rnd + 1})")
         rev_msgs = [revision_messages(m, c.text, p)
                     for m, c, p in zip(crit_msgs, critiques, principles)]
-        revisions = judge.generate(rev_msgs, max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, seed=cfg.seed + 1000 * rnd + 1,
+        revisions = judge.generate(rev_msgs, sampling=cfg.sampling, seed=cfg.seed + 1000 * rnd + 1,
                                    desc=f"revisions (round {rnd + 1})")
         for i, row in todo.iterrows():
             rows.append({
@@ -208,7 +149,7 @@ def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: Feedba
     rationales = [""] * len(texts)
     if cfg.chain_of_thought:
         texts = [t + COT_PREFIX for t in texts]
-        written = judge.complete(texts, max_new_tokens=cfg.cot_max_new_tokens, temperature=0.0,
+        written = judge.complete(texts, sampling=Sampling(max_new_tokens=cfg.cot_max_new_tokens, temperature=0.0),
                                  seed=cfg.seed, desc="rationales")
         rationales = [g.text for g in written]
         texts = [t + r + "\n" for t, r in zip(texts, rationales)]

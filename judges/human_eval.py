@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from constitution import Constitution
-from judges.feedback import FeedbackConfig, label_preferences
-from rlaif.evaluate import wilson_interval
+from judges.config import FeedbackConfig
+from judges.feedback import label_preferences
+from rlaif.stats import wilson_interval
 
 _ASSISTANT = "\n\nAssistant:"
 

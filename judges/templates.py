@@ -17,6 +17,20 @@ RATING_PREFIX = "Rating: "
 RATINGS = tuple(range(1, 11))
 
 
+def prompt_markers(tokenizer) -> tuple[str, ...]:
+    """The strings that delimit turns in the prompts a model reads: the raw format's "User:" and
+    "Assistant:", the option labels, and every special token its chat template writes (e.g.
+    Gemma's <start_of_turn>, ChatML's <|im_start|>) or the tokenizer declares."""
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # a tokenizer without a chat template: raw prompts only
+        rendered = ""
+    used = {t for t in special if t in rendered} | set(tokenizer.all_special_tokens)
+    return tuple(sorted({"User:", "Assistant:", *(f"({label})" for label in LABELS), *used}))
+
+
 def _few_shot(constitution: Constitution, n: int) -> list[dict]:
     turns: list[dict] = []
     for ex in constitution.examples[:n]:

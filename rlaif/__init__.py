@@ -1,7 +1,9 @@
 """rlaif: Constitutional-AI-style RLAIF as a scheduled Prefect service.
 
-Core package: the Parquet store, model loading, prompts, generation, evaluation and the CLI.
-The stages live in the sibling packages `constitution`, `judges`, `training` and `flows`.
+The core package: paths (RunLayout), the Parquet store, atomic io, model loading, prompts,
+generation, shared statistics and config pieces. It imports no stage and not Prefect; the
+stages (`constitution`, `judges`, `training`, `evaluation`) and the orchestration (`flows`)
+sit above it, and `lint-imports` checks that layering.
 """
 
 __version__ = "0.1.0"

@@ -1,101 +1,85 @@
-"""The pipeline's configuration: one typed config per stage, composed here.
+"""Config pieces shared by the stages, and the generate stage's config. Pydantic only: no
+torch, no Prefect, so the CLI's --help (built from these docstrings) starts fast.
 
-Each stage's config lives next to its code (GenerateConfig in rlaif.generation,
-FeedbackConfig in judges.feedback, SFTConfig in training.sft, RewardConfig in training.reward, PPOConfig in
-training.ppo, EvalConfig in rlaif.evaluate) and documents its fields once; the CLI's
---help and the Prefect UI's parameter form are both generated from those docstrings.
+Each stage's config lives next to its code and imports only pydantic:
+`rlaif.config.GenerateConfig`, `judges.config` (JudgeConfig, FeedbackConfig),
+`training.config` (SFTConfig, RewardConfig, PPOConfig), `evaluation.config` (EvalConfig);
+`flows.config.PipelineConfig` composes them.
 """
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-from datetime import datetime, timezone
-from typing import Annotated
+from typing import Literal
 
-import tyro
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from judges.backends import JudgeConfig
-from judges.feedback import FeedbackConfig
-from rlaif.evaluate import EvalConfig
-from rlaif.generation import GenerateConfig
-from rlaif.models import EMBEDDED_MODEL
-from rlaif.paths import default_data_root
-from rlaif.store import Lineage
-from training.ppo import PPOConfig
-from training.reward import RewardConfig
-from training.sft import SFTConfig
+EMBEDDED_MODEL = "smollm2-135m-instruct"  # the policy and reference (rlaif.models)
+EMBEDDED_JUDGE = "gemma3-270m"  # the judge (rlaif.models)
 
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-class PipelineConfig(BaseModel):
-    """The whole pipeline: generate -> feedback -> [SFT] -> reward model -> PPO -> evaluate."""
+class StageConfig(BaseModel):
+    """Base of every config: unknown fields are an error; field docstrings are the help text."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    constitution: str = "harmless"
-    """A shipped constitution's name (harmless, helpful, concise) or a path to a YAML file."""
-    prompts: str | None = None
-    """Prompt file (JSONL, CSV or Parquet with a 'prompt' column); None: the shipped set."""
-    data: str = Field(default_factory=lambda: str(default_data_root()))
-    """Data root for Parquet datasets, checkpoints and reports (env RLAIF_DATA)."""
-    policy_model: str = EMBEDDED_MODEL
-    """Policy and reference model: the embedded model's name or a local HF folder."""
-    judge: JudgeConfig = JudgeConfig()
-    run_id: str | None = None
-    """Name of this run in every row and folder; None: a new timestamped id."""
-    ray_address: str | None = None
-    """Label the preference shards (--feedback.shards) in parallel on Ray: 'local' starts a
-    temporary Ray instance on this machine, 'auto' or 'ray://host:10001' joins a running
-    cluster (needs the `ray` extra). None: no Ray."""
-    generate: GenerateConfig = GenerateConfig()
-    feedback: FeedbackConfig = FeedbackConfig()
-    sft: SFTConfig = SFTConfig()
-    reward: RewardConfig = RewardConfig()
-    ppo: PPOConfig = PPOConfig()
-    eval: EvalConfig = EvalConfig()
-
-
-class CompareConfig(PipelineConfig):
-    """Constitution A/B: the pipeline under each constitution (the other fields shared), then
-    each trained policy judged under each constitution."""
-
-    constitution: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Constitutions to compare, each a shipped name or a YAML path; repeat the flag
-    (--constitution a.yaml --constitution b.yaml). None given: harmless and concise."""
-
-    @field_validator("constitution")
+    @model_validator(mode="before")
     @classmethod
-    def _two(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        v = v or ("harmless", "concise")
-        stems = [Path(c).stem for c in v]
-        if len(set(stems)) < 2 or len(set(stems)) < len(stems):
-            raise ValueError(f"compare needs two or more constitutions with different file names, got {list(v)}")
-        return v
+    def _partial_sub_configs(cls, data):
+        """A sub-config given as a partial mapping (`{"sampling": {"max_new_tokens": 16}}`, from
+        YAML or a deployment parameter) overrides only the fields it names; the others keep
+        this stage's defaults, not the sub-config class's."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(field.default, BaseModel) and isinstance(data.get(name), dict):
+                data[name] = {**field.default.model_dump(), **data[name]}
+        return data
 
-    def pipeline_config(self, constitution: str, run_id: str) -> PipelineConfig:
-        return PipelineConfig.model_validate({**self.model_dump(exclude={"constitution", "run_id"}),
-                                              "constitution": constitution, "run_id": run_id})
+
+class Sampling(StageConfig):
+    """How a stage samples text: exactly these settings, and no others. The model's own
+    generation_config (a repetition penalty, a top_k) is never applied on top, so the
+    probabilities PPO and the KL assume are those the tokens were drawn from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Length cap per text, in tokens."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Softmax temperature (0: greedy)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (1: off)."""
 
 
-class RunContext(BaseModel):
-    """What every stage of one pipeline run shares: identity and lineage, no heavy objects."""
+class Trainable(StageConfig):
+    """What trains, the same setting for SFT, the reward model and PPO."""
 
-    run_id: str
-    data: str
-    constitution_path: str
-    constitution_sha: str
-    prompts: str | None
-    policy_model: str
-    judge: JudgeConfig
+    model_config = ConfigDict(frozen=True)
 
-    def lineage(self, policy_model: str | None = None, judge_model: str = "") -> Lineage:
-        from prefect.runtime import flow_run
+    method: Literal["lora", "full", "last_layers"] = "lora"
+    """lora: LoRA adapters on the attention projections, merged into the weights on save (for
+    PPO, the reference is the same base with the adapter switched off); full: every weight;
+    last_layers: only the last `last_layers` decoder layers and the final norm (and a scalar
+    head) train, the rest is frozen (the partial fine-tuning of the seed documents). With
+    full or last_layers, PPO's reference is a frozen copy of the starting policy."""
+    lora_r: int = Field(default=16, ge=1)
+    """LoRA rank."""
+    lora_alpha: int = Field(default=32, ge=1)
+    """LoRA scaling numerator."""
+    last_layers: int = Field(default=2, ge=1)
+    """With method=last_layers: how many of the top decoder layers train."""
 
-        return Lineage(run_id=self.run_id, constitution_sha=self.constitution_sha,
-                       policy_model=policy_model if policy_model is not None else self.policy_model,
-                       judge_model=judge_model, flow_run_id=str(flow_run.get_id() or ""))
+
+class GenerateConfig(StageConfig):
+    """Stage 1: sample responses to the training prompts from the policy."""
+
+    n_prompts: int | None = 32
+    """Training prompts to answer (None: all of the train split)."""
+    samples_per_prompt: int = Field(default=2, ge=1)
+    """Responses per prompt; the first two form the preference pair."""
+    sampling: Sampling = Sampling(max_new_tokens=64, temperature=0.8, top_p=0.95)
+    batch_size: int = Field(default=16, ge=1)
+    """Prompts per `generate` call."""
+    seed: int = 0
+    """Seed for sampling; the same seed gives the same responses."""

@@ -3,32 +3,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-
-class GenerateConfig(BaseModel):
-    """Stage 1: sample responses to the training prompts from the policy."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    n_prompts: int | None = 32
-    """Training prompts to answer (None: all of the train split)."""
-    samples_per_prompt: int = 2
-    """Responses per prompt; the first two form the preference pair."""
-    max_new_tokens: int = 64
-    """Length cap on each response, in tokens."""
-    temperature: float = 0.8
-    """Sampling temperature (0: greedy)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass."""
-    batch_size: int = 16
-    """Prompts per `generate` call."""
-    seed: int = 0
-    """Seed for sampling; the same seed gives the same responses."""
+from rlaif.config import Sampling
 
 
 @dataclass
@@ -57,39 +38,54 @@ def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~after_eos).long()
 
 
+@contextmanager
+def plain_generation_config(model):
+    """Within this block `generate` applies only the settings passed to it. transformers fills
+    every setting a call leaves unset from the model's own generation_config (a repetition
+    penalty, a top_k, a min_p), which would draw tokens from another distribution than the
+    temperature-scaled softmax that PPO's logprobs and the KL assume."""
+    from transformers import GenerationConfig
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+    own = base.generation_config
+    base.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id,
+                                              pad_token_id=own.pad_token_id)
+    try:
+        yield
+    finally:
+        base.generation_config = own
+
+
 @torch.inference_mode()
-def sample(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
-           top_p: float = 1.0, seed: int = 0):
+def sample(model, tokenizer, texts: list[str], sampling: Sampling, seed: int = 0):
     """One batch. Returns (query_ids (B,Q), query_mask (B,Q), response_ids (B,R))."""
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
-    greedy = temperature <= 0
-    out = model.generate(
-        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-        max_new_tokens=max_new_tokens, do_sample=not greedy,
-        temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-        top_k=None if greedy else 0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    greedy = sampling.temperature <= 0
+    with plain_generation_config(model):
+        out = model.generate(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+            max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
     return enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]
 
 
-def generate(model, tokenizer, conversations: list[list[dict]], **kw) -> list[Generation]:
+def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, **kw) -> list[Generation]:
     """Continue each chat conversation with one assistant turn."""
-    return generate_texts(model, tokenizer, [chat_text(tokenizer, c) for c in conversations], **kw)
+    return generate_texts(model, tokenizer, [chat_text(tokenizer, c) for c in conversations], sampling, **kw)
 
 
-def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float,
-                   top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-                   desc: str = "generating", on_batch=None) -> list[Generation]:
+def generate_texts(model, tokenizer, texts: list[str], sampling: Sampling, *, seed: int = 0,
+                   batch_size: int = 16, desc: str = "generating", on_batch=None) -> list[Generation]:
     """Continue each prompt text; batch b is sampled with seed + b. `on_batch(n_done)` is
     called after each batch (e.g. a progress artifact)."""
     results: list[Generation] = []
     eos = tokenizer.eos_token_id
     for b, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch")):
-        _, _, resp = sample(model, tokenizer, texts[start:start + batch_size],
-                            max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, seed=seed + b)
+        _, _, resp = sample(model, tokenizer, texts[start:start + batch_size], sampling, seed=seed + b)
         mask = response_mask(resp, eos)
         for ids, m in zip(resp, mask):
             n = int(m.sum())

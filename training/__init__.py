@@ -1,6 +1,10 @@
-"""Training stages: the soft-label reward model (`reward`) and PPO with KL control (`ppo`).
+"""Training stages: SL-CAI fine-tuning on the revisions (`sft`), the soft-label reward model
+(`reward`), both on the one supervised loop (`supervised`), and PPO with KL control (`ppo`,
+its checkpoint plumbing in `checkpoint`). Configs in `config` (pydantic only).
 
-The maths lives in pure functions next to each trainer and is unit-tested on its own.
+The maths lives in pure functions next to each trainer and is unit-tested on its own. This
+package imports the core and `constitution`, never `judges`: a judge's scorer reaches PPO as
+an argument, passed in by the flow.
 """
 
 

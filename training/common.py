@@ -1,16 +1,17 @@
-"""Pieces shared by the reward model and PPO: scalar heads over a backbone, LoRA, saving."""
+"""Pieces shared by the trainers: scalar heads over a backbone, what trains, saving."""
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from rlaif.config import Trainable
 from rlaif.generation import chat_text, position_ids
+from rlaif.io import write_dir_atomic
+from training import TrainingError
 
 
 def unwrap(model):
@@ -55,20 +56,46 @@ def lora_config(task_type: str, r: int, alpha: int):
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-def atomic_save(out_dir: Path, save_fn) -> Path:
-    """Write a checkpoint folder into a temporary sibling, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        save_fn(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+def make_trainable(model, trainable: Trainable, task_type: str = "CAUSAL_LM"):
+    """Apply `trainable` (what trains) to a fresh model; returns the model to train.
+
+    lora: a peft model (for SEQ_CLS, peft also trains the scalar head). full: unchanged.
+    last_layers: every weight frozen but the top `trainable.last_layers` decoder layers, the
+    final norm and the scalar head (`score`, when there is one). The input embeddings stay
+    frozen, and with them an lm_head tied to them.
+    """
+    if trainable.method == "lora":
+        from peft import get_peft_model
+
+        return get_peft_model(model, lora_config(task_type, trainable.lora_r, trainable.lora_alpha))
+    if trainable.method == "last_layers":
+        trunk = model.model  # LlamaModel and its kin: embed_tokens, layers, norm
+        n = len(trunk.layers)
+        if trainable.last_layers > n:
+            raise TrainingError(f"trainable.last_layers={trainable.last_layers}, but the model has {n} layers")
+        model.requires_grad_(False)
+        for module in [*trunk.layers[n - trainable.last_layers:], trunk.norm, getattr(model, "score", None)]:
+            if module is not None:
+                module.requires_grad_(True)
+    return model
 
 
-def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=str))
+def save_model(out_dir: Path, model, tokenizer, files: dict[str, object], still_training: bool = False) -> Path:
+    """The one way a stage saves a model: a plain Hugging Face folder (LoRA merged into the
+    weights, so transformers, vLLM and every later stage load it as it is), its tokenizer and
+    the JSON `files` (config, lineage, metrics), written atomically as one folder.
+
+    A peft model is merged in place, which ends its training; one `still_training` (PPO's
+    snapshots) is merged on a copy instead: merging in place and back would drift the base
+    weights.
+    """
+    if hasattr(model, "merge_and_unload"):
+        model = (copy.deepcopy(model) if still_training else model).merge_and_unload()
+
+    def write(d: Path) -> None:
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        for name, obj in files.items():
+            (d / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+    return write_dir_atomic(out_dir, write)

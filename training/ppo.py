@@ -18,101 +18,25 @@ One iteration:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from rlaif.generation import chat_text, position_ids, response_mask, sample
 from rlaif.models import load_causal_lm, load_sequence_scorer, load_tokenizer, resolve_model
+from rlaif.paths import snapshot_dir, snapshot_root
 from training import TrainingError
-from training.common import atomic_save, lora_config, token_values, write_json
+from training.checkpoint import Checkpoint, run_identity, snapshot_steps
+from training.common import make_trainable, save_model, token_values
+from training.config import PPOConfig
 from training.reward import RewardModel
-
-
-class PPOConfig(BaseModel):
-    """Stage 4: PPO on the policy against the reward model, with KL control."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    steps: int = 4
-    """PPO iterations (rollout + update)."""
-    batch_size: int = 8
-    """Queries per rollout."""
-    mini_batch_size: int = 4
-    """Queries per gradient step."""
-    ppo_epochs: int = 2
-    """Passes over each rollout batch."""
-    max_new_tokens: int = 32
-    """Response length cap, in tokens."""
-    temperature: float = 0.7
-    """Rollout temperature; logprobs use the same temperature-scaled logits."""
-    lr: float = 1e-4
-    """AdamW learning rate for the policy and value model."""
-    lora: bool = True
-    """LoRA policy whose reference is the same base with the adapter switched off
-    (no second copy); False trains every weight against a frozen copy."""
-    lora_r: int = 16
-    """LoRA rank (policy and value model)."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    shared_value_head: bool = True
-    """Values from a zero-initialised scalar head on the policy's own trunk, so one forward
-    pass gives logprobs and values (as in lm-human-preferences and TRL's value-head models).
-    False: a separate value model initialised from the reward model (TRL's PPOTrainer),
-    which costs a second forward and backward per minibatch and a second model in memory."""
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    """Per-token KL estimator: k1 = log p - log q; k3 = (q/p - 1) - log(q/p)."""
-    init_kl_coef: float = 0.05
-    """Initial KL penalty coefficient."""
-    adaptive_kl: bool = True
-    """Adapt kl_coef towards target_kl (Ziegler et al.); False keeps it fixed."""
-    target_kl: float = 6.0
-    """Target KL per response (nats) for the adaptive controller."""
-    kl_horizon: int = 10000
-    """Horizon, in queries, of the adaptive controller."""
-    gamma: float = 1.0
-    """GAE discount."""
-    lam: float = 0.95
-    """GAE lambda."""
-    whiten_advantages: bool = True
-    """Normalise advantages to mean 0, std 1 over the batch's response tokens."""
-    whiten_rewards: bool = False
-    """Scale rewards to unit variance before GAE (mean kept)."""
-    cliprange: float = 0.2
-    """Policy ratio clip."""
-    cliprange_value: float = 0.2
-    """Value prediction clip around the rollout values."""
-    vf_coef: float = 0.1
-    """Weight of the value loss."""
-    max_grad_norm: float = 1.0
-    """Gradient norm clip."""
-    missing_eos_penalty: float = 1.0
-    """Subtracted from the score of a response that never emits EOS (0 disables)."""
-    reward_source: Literal["reward_model", "judge"] = "reward_model"
-    """Score responses with the trained reward model, or with the judge's direct 1-10 rating
-    under a sampled principle, mapped to [-1, 1] (d-RLAIF). A separate value model
-    (shared_value_head=False) starts from the reward model either way."""
-    checkpoint_every: int = 1
-    """Write a resumable checkpoint every N steps (0: never). A rerun into the same output
-    folder resumes from it; a run with more `steps` extends it."""
-    snapshots: int = 2
-    """Intermediate policies saved, evenly spaced over the run, next to the final one
-    (`policy-snapshots/step-N`): evaluation scores each against KL, the over-optimisation
-    curve. 0: none."""
-    n_samples_logged: int = 2
-    """Sample responses written to ppo_metrics per step."""
-    seed: int = 0
-    """Seed for initialisation, prompt order and sampling."""
 
 
 # ---------------------------------------------------------------- maths (pure, unit-tested)
@@ -245,45 +169,42 @@ def unpadded(attention_mask: torch.Tensor, query_len: int) -> tuple[slice, int]:
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) -> scores (B,)
 
 
-def checkpoint_path(out_dir: Path) -> Path:
-    """The resumable checkpoint sits next to the policy folder, so a final save never removes it."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(out_dir.name + ".checkpoint.pt")
+class Models:
+    """PPO's models: the policy, its frozen reference (None: the policy with its LoRA adapter
+    switched off), and the critic: a value head on the policy's trunk, or a separate value
+    model initialised from the reward model."""
 
+    def __init__(self, cfg: PPOConfig, policy_model: str, reward_model: str):
+        self.cfg = cfg
+        self.policy = make_trainable(load_causal_lm(policy_model), cfg.trainable, "CAUSAL_LM")
+        lora = cfg.trainable.method == "lora"
+        self.reference = None if lora else load_causal_lm(policy_model).requires_grad_(False)
+        self.value_model = None
+        if cfg.shared_value_head:
+            self.critic = torch.nn.Linear(self.policy.config.hidden_size, 1)  # the value head
+            torch.nn.init.zeros_(self.critic.weight), torch.nn.init.zeros_(self.critic.bias)  # no value yet
+        else:
+            self.value_model = make_trainable(load_sequence_scorer(reward_model), cfg.trainable, "SEQ_CLS")
+            self.critic = self.value_model
+        self.params = [p for m in (self.policy, self.critic) for p in m.parameters() if p.requires_grad]
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    def train(self, mode: bool = True) -> None:
+        self.policy.train(mode), self.critic.train(mode)
 
+    def forward(self, query_response, attn, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response logits (B, R, V) and values (B, R); one trunk pass with the shared value head."""
+        T = self.cfg.sampling.temperature
+        if self.value_model is None:
+            return policy_and_values(self.policy, self.critic, query_response, attn, R, T)
+        return (response_logits(self.policy, query_response, attn, R, T),
+                token_values(self.value_model, query_response, attn)[:, -R - 1:-1])
 
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    expected = {k for k, v in model.named_parameters() if v.requires_grad}
-    if set(state) != expected:
-        raise TrainingError("ppo: checkpoint weights do not match this model "
-                            f"({len(set(state) ^ expected)} parameter names differ)")
-    model.load_state_dict(state, strict=False)
-
-
-def snapshot_steps(steps: int, n: int) -> set[int]:
-    """The steps after which an intermediate policy is saved: n, evenly spaced, before the last."""
-    return {round(steps * k / (n + 1)) for k in range(1, n + 1)} - {0, steps}
-
-
-def snapshot_root(policy_dir: str | Path) -> Path:
-    """The intermediate policies sit beside the final one: <policy>-snapshots/step-NNNN."""
-    return Path(policy_dir).with_name(Path(policy_dir).name + "-snapshots")
-
-
-def snapshot_dirs(policy_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of each intermediate policy saved beside `policy_dir`, by step."""
-    return sorted((int(p.name.split("-")[1]), p) for p in snapshot_root(policy_dir).glob("step-*") if p.is_dir())
-
-
-def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame) -> dict:
-    """What must match for a checkpoint to be continued: the inputs and every setting but the
-    run's length."""
-    return {**cfg.model_dump(exclude={"steps", "checkpoint_every", "snapshots", "n_samples_logged"}),
-            "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
-            "prompt_ids": hashlib.sha256("\n".join(prompts["prompt_id"]).encode()).hexdigest()}
+    def ref_logits(self, query_response, attn, R: int) -> torch.Tensor:
+        T = self.cfg.sampling.temperature
+        if self.reference is not None:
+            return response_logits(self.reference, query_response, attn, R, T)
+        with self.policy.disable_adapter():
+            return response_logits(self.policy, query_response, attn, R, T)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -293,12 +214,10 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
               on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics.
 
-    `scorer` replaces the reward model's scores (the judge's, or a programmatic reward in
-    tests); the value model still starts from `reward_model`. `on_step(steps_done, metrics)`
-    is called after every step.
+    `scorer` replaces the reward model's scores (the judge's, passed in by the flow, or a
+    programmatic reward in tests); a separate value model still starts from `reward_model`.
+    `on_step(steps_done, metrics)` is called after every step.
     """
-    from peft import get_peft_model
-
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
     if cfg.reward_source == "judge" and scorer is None:
@@ -306,151 +225,89 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
     eos = tok.eos_token_id
-    policy = load_causal_lm(policy_model)
-    if cfg.lora:
-        policy = get_peft_model(policy, lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha))
-        ref_policy = None  # the same weights with the adapter switched off
-    else:
-        ref_policy = load_causal_lm(policy_model).requires_grad_(False)
-    if cfg.shared_value_head:
-        value_model = None
-        critic = torch.nn.Linear(policy.config.hidden_size, 1)  # the value head
-        torch.nn.init.zeros_(critic.weight), torch.nn.init.zeros_(critic.bias)  # no value yet
-    else:
-        value_model = load_sequence_scorer(reward_model)  # value model initialised from the RM
-        if cfg.lora:
-            value_model = get_peft_model(value_model, lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha))
-        critic = value_model
-    if scorer is None:
-        scorer = RewardModel(reward_model).score  # normalised on the reference policy
-    params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+    m = Models(cfg, policy_model, reward_model)
+    scorer = scorer or RewardModel(reward_model).score  # normalised on the reference policy
+    optimizer = torch.optim.AdamW(m.params, lr=cfg.lr, eps=1e-5)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
-
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
-    metrics: list[dict] = []
-    start, ckpt = 0, checkpoint_path(out_dir)
-    identity = run_identity(cfg, policy_model, reward_model, prompts)
-    if ckpt.exists():  # resume: same weights, optimizer, KL coefficient, RNG and data position
-        try:
-            state = torch.load(ckpt, weights_only=False)
-        except Exception as e:  # truncated or foreign file
-            raise TrainingError(f"ppo: cannot read the checkpoint {ckpt} ({type(e).__name__}: {e}); "
-                                "delete it to start over") from e
-        if state["identity"] != identity:
-            diff = sorted(k for k in identity if state["identity"].get(k) != identity[k])
-            raise TrainingError(f"ppo: {ckpt} was written for different settings or inputs ({', '.join(diff)}); "
-                                "use those settings, or delete it to start over")
-        if state["step"] > cfg.steps:
-            raise TrainingError(f"ppo: {ckpt} is at step {state['step']}, beyond steps={cfg.steps}")
-        load_trainable_state(policy, state["policy"])
-        load_trainable_state(critic, state["value_model"])
-        optimizer.load_state_dict(state["optimizer"])
-        kl_ctl.value, start, metrics = state["kl_coef"], state["step"], state["metrics"]
-        torch.set_rng_state(state["rng"])
-        print(f"ppo: resuming from {ckpt} at step {start}")
-
-    def save_checkpoint(step: int) -> None:
-        tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save({"step": step, "identity": identity, "policy": trainable_state(policy),
-                    "value_model": trainable_state(critic), "optimizer": optimizer.state_dict(),
-                    "kl_coef": kl_ctl.value, "rng": torch.get_rng_state(), "metrics": metrics}, tmp)
-        os.replace(tmp, ckpt)  # atomic: a crash leaves the previous checkpoint whole
-
-    def save(d: Path, steps_done: int):
-        policy.save_pretrained(d)
-        tok.save_pretrained(d)
-        write_json(d / "rlaif_config.json", cfg.model_dump())
-        write_json(d / "lineage.json", {**lineage, "policy_model": str(resolve_model(policy_model)),
-                                        "reward_model": str(reward_model), "step": steps_done,
-                                        "prompt_ids": prompts["prompt_id"].tolist()})
-        write_json(d / "kl_controller.json", {"kl_coef": kl_ctl.value, "steps": steps_done})
-
-    def forward(query_response, attn, R) -> tuple[torch.Tensor, torch.Tensor]:
-        """Response logits (B, R, V) and values (B, R): one pass with the shared value head."""
-        if value_model is None:
-            return policy_and_values(policy, critic, query_response, attn, R, cfg.temperature)
-        return (response_logits(policy, query_response, attn, R, cfg.temperature),
-                token_values(value_model, query_response, attn)[:, -R - 1:-1])
-
-    snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
+    ckpt = Checkpoint(out_dir, run_identity(cfg, policy_model, reward_model, prompts))
+    start, kl_coef, metrics = ckpt.load(cfg.steps, m.policy, m.critic, optimizer)
+    kl_ctl.value = kl_coef if kl_coef is not None else kl_ctl.value
     if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
         shutil.rmtree(snapshot_root(out_dir), ignore_errors=True)
+    snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
+
+    def save(d: Path, steps_done: int, still_training: bool) -> None:
+        save_model(d, m.policy, tok, {
+            "rlaif_config.json": cfg.model_dump(), "kl_controller.json": {"kl_coef": kl_ctl.value, "steps": steps_done},
+            "lineage.json": {**lineage, "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
+                             "step": steps_done, "prompt_ids": prompts["prompt_id"].tolist()}}, still_training)
+
     for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
         t0 = time.perf_counter()
         idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
         batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
-        # 1. rollout ---------------------------------------------------------------------
-        policy.eval(), critic.eval()
-        query_ids, query_mask, response_ids = sample(
-            policy, tok, [queries[i] for i in idx], max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, seed=cfg.seed * 100_003 + step)
+        # 1. rollout: sample, then (no grad) logprobs, reference logprobs, values and scores
+        m.train(False)
+        query_ids, query_mask, response_ids = sample(m.policy, tok, [queries[i] for i in idx], cfg.sampling,
+                                                     seed=cfg.seed * 100_003 + step)
         Q, R = query_ids.shape[1], response_ids.shape[1]
         mask = response_mask(response_ids, eos).float()  # (B, R)
         query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
         attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
         with torch.inference_mode():
-            logits, values = forward(query_response, attn, R)  # (B, R, V), (B, R)
+            logits, values = m.forward(query_response, attn, R)  # (B, R, V), (B, R)
             logprobs = logprobs_from_logits(logits, response_ids)  # (B, R)
             entropy = masked_mean(-(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1), mask)
             del logits
-            if ref_policy is None:
-                with policy.disable_adapter():
-                    ref_logits = response_logits(policy, query_response, attn, R, cfg.temperature)
-            else:
-                ref_logits = response_logits(ref_policy, query_response, attn, R, cfg.temperature)
-            ref_logprobs = logprobs_from_logits(ref_logits, response_ids)  # (B, R)
-            del ref_logits
-            texts = [tok.decode(r[:int(m.sum())], skip_special_tokens=True).strip()
-                     for r, m in zip(response_ids, mask)]
+            ref_logprobs = logprobs_from_logits(m.ref_logits(query_response, attn, R), response_ids)  # (B, R)
+            texts = [tok.decode(r[:int(k.sum())], skip_special_tokens=True).strip() for r, k in zip(response_ids, mask)]
             try:
                 scores = scorer(batch_prompts, texts).float()  # (B,)
             except Exception as e:  # a judge that times out or answers garbage
-                raise TrainingError(f"ppo: scoring failed at step {step}: {e} ({_kept(ckpt)})") from e
+                raise TrainingError(f"ppo: scoring failed at step {step}: {e} ({ckpt.kept()})") from e
             has_eos = ((response_ids == eos) & mask.bool()).any(1)
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
         if not torch.isfinite(scores).all():
-            raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping "
-                                f"({_kept(ckpt)})")
+            raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping ({ckpt.kept()})")
 
-        # 2. rewards ---------------------------------------------------------------------
+        # 2. rewards: the KL penalty at every token, the score at the last one
         kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
         rewards, non_score_reward = compute_rewards(scores, kl, mask, kl_ctl.value)
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
 
-        # 3. advantages --------------------------------------------------------------------
+        # 3. advantages
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO epochs --------------------------------------------------------------------
-        policy.train(), critic.train()
+        # 4. PPO epochs over minibatches, each without its own padding columns
+        m.train()
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for mb in torch.randperm(cfg.batch_size, generator=gen).split(cfg.mini_batch_size):
-                cols, r = unpadded(attn[mb], Q)  # this minibatch's own padding is dropped
-                new_logits, new_values = forward(query_response[mb][:, cols], attn[mb][:, cols], r)
+                cols, r = unpadded(attn[mb], Q)
+                new_logits, new_values = m.forward(query_response[mb][:, cols], attn[mb][:, cols], r)
                 new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
                 pg_loss, vf_loss, mb_stats = ppo_losses(
                     new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
                     returns[mb, :r], mask[mb, :r], cfg.cliprange, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({_kept(ckpt)})")
+                    raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({ckpt.kept()})")
                 optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
                 optimizer.step()
-                for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(),
-                             "ppo/value_loss": vf_loss.item()}.items():
+                for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
                     stats.setdefault(k, []).append(v)
 
-        # 5. KL control and logging --------------------------------------------------------
+        # 5. KL control, logging, checkpoint and snapshot
         mean_kl = kl.sum(1).mean().item()
         step_metrics = {
             "objective/kl": mean_kl,
@@ -464,28 +321,18 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             **{k: sum(v) / len(v) for k, v in stats.items()},
             "time/step_seconds": time.perf_counter() - t0,
         }
-        bad = [k for k, v in step_metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({_kept(ckpt)})")
+        if bad := [k for k, v in step_metrics.items() if not math.isfinite(v)]:
+            raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({ckpt.kept()})")
         kl_ctl.update(mean_kl, cfg.batch_size)
-        metrics += [{"step": step, "metric": k, "value": float(v), "text": None}
-                    for k, v in step_metrics.items()]
+        metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in step_metrics.items()]
         metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
-                     "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
-                    for i in range(min(cfg.n_samples_logged, len(texts)))]
+                     "text": f"{batch_prompts[i]}\n---\n{texts[i]}"} for i in range(min(cfg.n_samples_logged, len(texts)))]
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            save_checkpoint(step + 1)
+            ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics)
         if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
-            atomic_save(snapshot_root(out_dir) / f"step-{step + 1:04d}",
-                        lambda d: save(d, step + 1))
+            save(snapshot_dir(out_dir, step + 1), step + 1, still_training=True)
         if on_step:  # e.g. a progress artifact in the Prefect UI
             on_step(step + 1, step_metrics)
 
-    atomic_save(out_dir, lambda d: save(d, cfg.steps))
+    save(out_dir, cfg.steps, still_training=False)
     return metrics
-
-
-def _kept(ckpt: Path) -> str:
-    if ckpt.exists():
-        return f"the last good checkpoint, {ckpt}, is kept; rerun to resume from it"
-    return "no checkpoint was written yet"

@@ -17,47 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rlaif.models import load_sequence_scorer, load_tokenizer
 from training import TrainingError
-from training.common import (atomic_save, conversation_texts, lora_config, score_texts,
-                             token_values, write_json)
-
-
-class RewardConfig(BaseModel):
-    """Stage 3: train the reward model on the preference pairs."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    lora: bool = True
-    """Train LoRA adapters plus the head (True) or the whole backbone (False)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lr: float = 3e-4
-    """AdamW learning rate."""
-    epochs: int = 2
-    """Passes over the training pairs."""
-    batch_size: int = 4
-    """Pairs per optimisation step."""
-    max_length: int = 256
-    """Token cap per prompt+response (truncated on the left, keeping the response end)."""
-    eval_fraction: float = 0.25
-    """Share of prompt ids held out for rm/accuracy and rm/ece."""
-    margin: float = 0.0
-    """Margin subtracted from the reward difference in the loss."""
-    center_coef: float = 0.01
-    """Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred."""
-    seed: int = 0
-    """Seed for head initialisation, shuffling and the split."""
-    group_by_length: bool = True
-    """Batch pairs of similar length (transformers' length-grouped order: shuffled, then sorted
-    within groups of a few batches), so less compute goes to padding: about a quarter fewer
-    token slots on hh-rlhf pairs. False: plain shuffled batches."""
+from training.common import conversation_texts, make_trainable, save_model, score_texts, token_values
+from training.config import RewardConfig
+from training.supervised import fit
 
 
 # ---------------------------------------------------------------- maths (pure, unit-tested)
@@ -100,13 +66,8 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     train, held = split_by_prompt(prefs, cfg.eval_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(base_model)
-    model = load_sequence_scorer(base_model)
-    if cfg.lora:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    tok.truncation_side = "left"  # keep the end of the response, where the score is read
+    model = make_trainable(load_sequence_scorer(base_model), cfg.trainable, "SEQ_CLS")
     chosen = conversation_texts(tok, train["prompt"], train["chosen"])
     rejected = conversation_texts(tok, train["prompt"], train["rejected"])
     p_label = torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32)
@@ -114,31 +75,20 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     n_tokens = [min(max(len(c), len(r)), cfg.max_length) for c, r in
                 zip(*(tok(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)))]
 
-    metrics, step = [], 0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    model.train()
-    with tqdm(total=n_steps, desc="reward model", unit="step") as bar:
-        for _ in range(cfg.epochs):
-            order = (torch.tensor(get_length_grouped_indices(n_tokens, cfg.batch_size, generator=gen))
-                     if cfg.group_by_length else torch.randperm(len(train), generator=gen))
-            for idx in order.split(cfg.batch_size):
-                texts = [chosen[i] for i in idx] + [rejected[i] for i in idx]
-                tok.truncation_side = "left"
-                enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
-                          max_length=cfg.max_length, add_special_tokens=False)
-                r = token_values(model, enc["input_ids"], enc["attention_mask"])[:, -1]  # (2B,)
-                loss = soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"reward model: non-finite loss at step {step}; nothing saved")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                metrics.append({"step": step, "metric": "rm/loss", "value": loss.item()})
-                step += 1
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
+    def batches(gen: torch.Generator):
+        order = (torch.tensor(get_length_grouped_indices(n_tokens, cfg.batch_size, generator=gen))
+                 if cfg.group_by_length else torch.randperm(len(train), generator=gen))
+        return order.split(cfg.batch_size)
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        enc = tok([chosen[i] for i in idx] + [rejected[i] for i in idx], return_tensors="pt", padding=True,
+                  truncation=True, max_length=cfg.max_length, add_special_tokens=False)
+        r = token_values(model, enc["input_ids"], enc["attention_mask"])[:, -1]  # (2B,) chosen, then rejected
+        return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef)
+
+    metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="reward model",
+                  metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
+    step = len(metrics)
 
     with torch.inference_mode():
         summary = {"rm/train_pairs": len(train), "rm/heldout_pairs": len(held)}
@@ -157,32 +107,28 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     gain = 1.0 / max(std, 1e-6)
     norm = {"gain": gain, "bias": -mean * gain}
     summary.update({"rm/reward_mean": mean, "rm/reward_std": std})
-    metrics += [{"step": step, "metric": k, "value": float(v)} for k, v in summary.items()]
-
-    merged = model.merge_and_unload() if cfg.lora else model
-
-    def save(d: Path):
-        merged.save_pretrained(d)
-        tok.save_pretrained(d)
-        write_json(d / "normalization.json", norm)
-        write_json(d / "rlaif_config.json", cfg.model_dump())
-        write_json(d / "lineage.json", {**lineage, "base_model": base_model,
-                                        "preference_pair_ids": prefs["pair_id"].tolist()})
-        write_json(d / "metrics.json", summary)
-
-    atomic_save(out_dir, save)
+    metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in summary.items()]
+    save_model(out_dir, model, tok, {
+        "normalization.json": norm, "rlaif_config.json": cfg.model_dump(), "metrics.json": summary,
+        "lineage.json": {**lineage, "base_model": base_model, "preference_pair_ids": prefs["pair_id"].tolist()}})
     return summary, metrics
 
 
 class RewardModel:
-    """A trained reward model with its normalisation, for PPO and evaluation."""
+    """A trained reward model with its normalisation, for PPO and evaluation. It scores with
+    the max_length it was trained with (its saved rlaif_config.json)."""
 
-    def __init__(self, path: str | Path, max_length: int = 256):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.model = load_sequence_scorer(self.path)
         self.tokenizer = load_tokenizer(self.path)
         self.norm = json.loads((self.path / "normalization.json").read_text())
-        self.max_length = max_length
+        saved = self.path / "rlaif_config.json"
+        try:
+            self.max_length = int(json.loads(saved.read_text())["max_length"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TrainingError(f"reward model {self.path}: cannot read max_length from {saved.name} ({e}); "
+                                "is this a folder written by the reward-model stage?") from e
 
     @torch.inference_mode()
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:

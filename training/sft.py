@@ -15,40 +15,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
 from rlaif.generation import chat_text
 from rlaif.models import load_causal_lm, load_tokenizer, resolve_model
 from training import TrainingError
-from training.common import atomic_save, lora_config, write_json
+from training.common import make_trainable, save_model
+from training.config import SFTConfig
+from training.supervised import fit
 
 IGNORE = -100  # label value that F.cross_entropy skips
-
-
-class SFTConfig(BaseModel):
-    """Optional stage 2b (SL-CAI): fine-tune the policy on the final revisions."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    enabled: bool = False
-    """Run this stage; its model then becomes the policy and the reference of every later stage."""
-    lora: bool = True
-    """Train LoRA adapters and merge them (True) or every weight (False)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lr: float = 2e-4
-    """AdamW learning rate (use a smaller one, ~1e-5, for full fine-tuning)."""
-    epochs: int = 1
-    """Passes over the revisions."""
-    batch_size: int = 4
-    """Examples per optimisation step."""
-    max_length: int = 256
-    """Token cap per prompt+revision (truncated on the left, keeping the revision end and EOS)."""
-    seed: int = 0
-    """Seed for LoRA initialisation and shuffling."""
 
 
 # ---------------------------------------------------------------- maths (pure, unit-tested)
@@ -129,57 +104,30 @@ def train_sft(critiques: pd.DataFrame, policy_model: str, out_dir: Path, cfg: SF
               lineage: dict) -> tuple[dict, list[dict]]:
     """Fine-tune on the final revisions and save a merged causal LM. Returns (summary, metric rows)."""
     data = final_revisions(critiques)
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise TrainingError(f"sft: epochs={cfg.epochs}, batch_size={cfg.batch_size}: no training step")
+    if cfg.batch_size < 1:
+        raise TrainingError(f"sft: batch_size={cfg.batch_size}: no training step")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
-    model = load_causal_lm(policy_model)
-    if cfg.lora:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    model = make_trainable(load_causal_lm(policy_model), cfg.trainable, "CAUSAL_LM")
     examples = tokenize_examples(tok, data["prompt"].tolist(), data["revision"].tolist(), cfg.max_length)
 
-    metrics, step = [], 0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
-    model.train()
-    with tqdm(total=n_steps, desc="sft", unit="step") as bar:
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(len(examples), generator=gen).split(cfg.batch_size):
-                input_ids, attention_mask, prompt_lengths = collate([examples[i] for i in idx], tok.pad_token_id)
-                labels = sft_labels(input_ids, prompt_lengths, attention_mask)  # (B, T)
-                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-                # position t predicts token t+1; mean over every response token in the batch
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                       ignore_index=IGNORE)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"sft: non-finite loss at step {step}; nothing saved")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                metrics.append({"step": step, "metric": "sft/loss", "value": loss.item(), "text": None})
-                step += 1
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    # the last update is never followed by a loss: check the weights it wrote
-    if not all(torch.isfinite(p).all() for p in params):
-        raise TrainingError(f"sft: non-finite weights after step {step - 1}; nothing saved")
+    def batches(gen: torch.Generator):
+        for idx in torch.randperm(len(examples), generator=gen).split(cfg.batch_size):
+            yield collate([examples[i] for i in idx], tok.pad_token_id)
 
+    def loss_fn(batch) -> torch.Tensor:
+        input_ids, attention_mask, prompt_lengths = batch
+        labels = sft_labels(input_ids, prompt_lengths, attention_mask)  # (B, T)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+        # position t predicts token t+1; mean over every response token in the batch
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+    metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="sft",
+                  metric="sft/loss", steps_per_epoch=math.ceil(len(examples) / cfg.batch_size))
     summary = {"sft/train_loss_first": metrics[0]["value"], "sft/train_loss_last": metrics[-1]["value"],
                "sft/examples": len(examples)}
-    merged = model.merge_and_unload() if cfg.lora else model
-
-    def save(d: Path):
-        merged.save_pretrained(d)
-        tok.save_pretrained(d)
-        write_json(d / "rlaif_config.json", cfg.model_dump())
-        write_json(d / "lineage.json", {**lineage, "policy_model": str(resolve_model(policy_model)),
-                                        "response_ids": data["response_id"].tolist()})
-        write_json(d / "metrics.json", summary)
-
-    atomic_save(out_dir, save)
+    save_model(out_dir, model, tok, {
+        "rlaif_config.json": cfg.model_dump(), "metrics.json": summary,
+        "lineage.json": {**lineage, "policy_model": str(resolve_model(policy_model)),
+                         "response_ids": data["response_id"].tolist()}})
     return summary, metrics

@@ -18,7 +18,7 @@ import yaml
 from flows.deployments import SHIPPED_SCHEDULES, SchedulesError, build_deployments, load_schedules
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_schedules_build_deployments():
@@ -57,8 +57,8 @@ def test_rlaif_serve_runs_a_scheduled_deployment(prefect_server, tiny_model_dir,
     schedules.write_text(yaml.safe_dump({"deployments": [{
         "name": "tiny-feedback", "flow": "feedback", "interval_seconds": 5,
         "parameters": {"data": str(data), "policy_model": str(tiny_model_dir), "judge": {"model": str(tiny_model_dir)},
-                       "generate": {"n_prompts": 2, "max_new_tokens": 4},
-                       "feedback": {"max_new_tokens": 4, "critique_rounds": 1}},
+                       "generate": {"n_prompts": 2, "sampling": {"max_new_tokens": 4}},
+                       "feedback": {"sampling": {"max_new_tokens": 4}, "critique_rounds": 1}},
     }]}))
     log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen([str(BIN / "rlaif"), "serve", "--schedules", str(schedules)], cwd=ROOT, env=env,

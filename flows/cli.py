@@ -1,5 +1,6 @@
 """The `rlaif` command line. Flags are generated from the typed stage configs, so every
-option's help text is the docstring next to its field."""
+option's help text is the docstring next to its field. Building it imports the configs only
+(pydantic and tyro): torch, transformers and Prefect load when a command runs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Annotated, Literal
 
 import tyro
 
-from judges.backends import JudgeConfig
-from rlaif.config import CompareConfig, PipelineConfig
+from flows.config import CompareConfig, PipelineConfig
+from judges.config import JudgeConfig
 
 
 def _elapsed(t0: float) -> str:
@@ -18,31 +19,49 @@ def _elapsed(t0: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def _or_exit(command: str, fn):
-    """Bad input (a constitution, prompts, a data root, a run that is not there) ends the
-    command with its message, not a traceback; Prefect has logged the failed flow run."""
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that name bad input (a constitution, prompts, a model, a data root, a run that is
+    not there) or a run that cannot go on: the CLI prints their message as one line. Anything
+    else is a bug and keeps its traceback."""
+    from constitution import ConstitutionError
+    from flows.config import RunError
+    from flows.deployments import SchedulesError
+    from judges.backends import JudgeError
+    from judges.human_eval import PairsFileError
+    from rlaif.models import ModelError
+    from rlaif.prompts import PromptError
     from rlaif.store import StoreError
+    from training import TrainingError
 
+    return (ConstitutionError, RunError, SchedulesError, JudgeError, PairsFileError, ModelError, PromptError,
+            StoreError, TrainingError)
+
+
+def _or_exit(command: str, fn):
+    """Run a command; a user error ends it with `rlaif <command>: message` and exit 1 (Prefect
+    has logged the failed flow run)."""
     try:
         return fn()
-    except (ValueError, FileNotFoundError, StoreError) as e:
-        print(f"rlaif {command}: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except Exception as e:
+        if isinstance(e, user_errors()):
+            print(f"rlaif {command}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
 
 
-def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]) -> dict:
+def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]):
     """Run the whole pipeline once: generate, feedback, reward model, PPO, evaluate."""
     from flows.pipeline import pipeline
 
     t0 = time.monotonic()
     result = _or_exit("run", lambda: pipeline(config))
-    print(f"\nRLAIF run {result['run_id']} finished in {_elapsed(t0)}")
-    _print_result(result)
+    print(f"\nRLAIF run {result.run_id} finished in {_elapsed(t0)}")
+    print_result(result)
     return result
 
 
 def evaluate(config: Annotated[PipelineConfig, tyro.conf.arg(name="")], policy: str | None = None,
-             reward_model: str | None = None) -> dict:
+             reward_model: str | None = None):
     """Evaluate a finished run again on held-out prompts (win rate, harmlessness, KL, the
     reward-KL curve over PPO's snapshots), e.g. with other --eval.* settings or another judge.
 
@@ -55,39 +74,38 @@ def evaluate(config: Annotated[PipelineConfig, tyro.conf.arg(name="")], policy: 
 
     t0 = time.monotonic()
     result = _or_exit("evaluate", lambda: evaluation_pipeline(config, policy, reward_model))
-    print(f"\nevaluation of run {result['run_id']} finished in {_elapsed(t0)}")
-    _print_result(result)
+    print(f"\nevaluation of run {result.run_id} finished in {_elapsed(t0)}")
+    print_result(result)
     return result
 
 
-def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]) -> dict:
+def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]):
     """Constitution A/B: run (or reuse) the pipeline under each constitution, then judge each
     trained policy under each constitution; writes compare.md with the table and samples."""
-    from flows.common import fmt
     from flows.compare import compare_pipeline
+    from flows.reports import fmt
 
     t0 = time.monotonic()
-    result = compare_pipeline(config)
-    print(f"\nconstitution A/B {result['compare_id']} finished in {_elapsed(t0)}")
-    print(f"  report  {result['report']}")
+    result = _or_exit("compare", lambda: compare_pipeline(config))
+    print(f"\nconstitution A/B {result.compare_id} finished in {_elapsed(t0)}")
+    print(f"  report  {result.report}")
     print(f"  {'trained under':<16}{'judged under':<16}{'win rate':<10}{'95% CI':<16}{'harmless':<10}")
-    for r in result["table"]:
+    for r in result.table:
         ci = f"{fmt(r['win_rate_ci_low'])}-{fmt(r['win_rate_ci_high'])}"
         print(f"  {r['trained_under']:<16}{r['judged_under']:<16}{fmt(r['win_rate']):<10}{ci:<16}"
               f"{fmt(r['policy_harmless_rate']):<10}")
     return result
 
 
-def _print_result(result: dict) -> None:
-    from flows.common import fmt
+def print_result(result) -> None:
+    """A finished run's paths and headline, for the terminal."""
+    from flows.reports import aligned
 
-    print(f"  constitution_sha  {result['constitution_sha']}")
-    print(f"  Parquet data      {result['data']}  (pandas.read_parquet('<data>/preferences'))")
-    print(f"  checkpoints       {result['checkpoints']}")
-    print(f"  report            {result['report']}")
+    print(*aligned({"constitution_sha": result.constitution_sha,
+                    "Parquet data": f"{result.data}  (pandas.read_parquet('<data>/preferences'))",
+                    "checkpoints": result.checkpoints, "report": result.report}), sep="\n")
     print("Headline numbers")
-    for k, v in result["headline"].items():
-        print(f"  {k:<32}{fmt(v)}")
+    print(*aligned(result.headline), sep="\n")
     print("Prefect UI: the runs and their artifacts are recorded in Prefect's database. To see them:\n"
           "  .venv/bin/prefect server start    # then open http://127.0.0.1:4200 -> Runs")
 
@@ -100,8 +118,12 @@ def setup() -> None:
         print(f"embedded model {name} ready: {convert_embedded_model(name)}")
 
 
-def validate(paths: tuple[str, ...]) -> None:
-    """Validate constitution files (names of shipped ones, or paths); report every error."""
+def validate(paths: tyro.conf.Positional[tuple[str, ...]]) -> None:
+    """Validate constitution files (names of shipped ones, or paths); report every error.
+
+    Args:
+        paths: Constitution files, or names of shipped ones.
+    """
     from constitution import ConstitutionError, load_constitution
 
     failed = False
@@ -167,13 +189,11 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
         direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
     """
-    import json
-    import os
-
     from constitution import load_constitution
     from judges.backends import make_judge
-    from judges.feedback import FeedbackConfig
+    from judges.config import FeedbackConfig
     from judges.human_eval import agreement_table, judge_agreement, read_hh_pairs
+    from rlaif.io import write_json_atomic
 
     c = load_constitution(constitution)
     df = read_hh_pairs(pairs, limit)
@@ -181,10 +201,7 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
                          chain_of_thought=chain_of_thought,
                          direct_scores=direct_scores, seed=seed)
     result = {"pairs_file": str(pairs), **judge_agreement(make_judge(judge), df, c, cfg)}
-    tmp = f"{out}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     print(agreement_table(result))
     print(f"written to {out}")
     return result

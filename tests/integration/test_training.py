@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 from rlaif.prompts import load_prompts
 from training import TrainingError
-from training.ppo import PPOConfig, checkpoint_path, train_ppo
-from training.reward import RewardConfig, RewardModel, train_reward_model
+from rlaif.paths import checkpoint_file as checkpoint_path
+from training.config import PPOConfig, RewardConfig
+from training.ppo import train_ppo
+from training.reward import RewardModel, split_by_prompt, train_reward_model
 
 
 def prefs_frame(n=8):
@@ -47,7 +49,12 @@ def test_reward_model_trains_saves_and_normalises(tiny_model_dir, reward_model_d
     assert not torch.allclose(base[q], trained[q]), "LoRA update was not merged into the backbone"
     assert "score.weight" in trained
     assert summary["rm/train_pairs"] + summary["rm/heldout_pairs"] == 8 and summary["rm/heldout_pairs"] == 2
-    assert 0.0 <= summary["rm/accuracy"] <= 1.0 and np.isfinite(summary["rm/ece"])
+    assert np.isfinite(summary["rm/ece"])
+    # the held-out accuracy is that of the saved model on the held-out pairs
+    _, held = split_by_prompt(prefs_frame(), RewardConfig().eval_fraction, RewardConfig().seed)
+    rm = RewardModel(out)
+    wins = rm.score(list(held["prompt"]), list(held["chosen"])) > rm.score(list(held["prompt"]), list(held["rejected"]))
+    assert summary["rm/accuracy"] == wins.float().mean().item()
     losses = [m["value"] for m in metrics if m["metric"] == "rm/loss"]
     assert len(losses) == 6 and all(np.isfinite(losses))  # 2 epochs x ceil(6 / 2)
     for f in ("normalization.json", "rlaif_config.json", "lineage.json", "metrics.json", "config.json"):
@@ -97,12 +104,15 @@ def test_reward_model_rejects_bad_data(tiny_model_dir, tmp_path):
 def test_ppo_updates_the_policy_and_logs_every_metric(tiny_model_dir, reward_model_dir, tmp_path, shared_value_head):
     out = tmp_path / "policy"
     prompts = load_prompts(split="train", limit=6)
-    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, lr=1e-2,
+    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, sampling={"max_new_tokens": 6}, lr=1e-2,
                     shared_value_head=shared_value_head)
     metrics = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), out, cfg, {}))
-    adapter = load_file(out / "adapter_model.safetensors")
-    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
-    assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero and must move"
+    # saved merged (a plain HF folder): the attention projections LoRA trains moved, nothing else did
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(after) == set(before)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))
+                         for k in moved), moved
     # the critic trained too: the shared head starts at zero, the value model's LoRA B too
     critic = torch.load(checkpoint_path(out), weights_only=False)["value_model"]
     moved = [v for k, v in critic.items() if shared_value_head or "lora_B" in k]
@@ -149,7 +159,7 @@ def test_dropping_a_minibatch_padding_changes_no_logprob_or_value(tiny_model_dir
 
 def test_ppo_is_deterministic_for_a_seed(tiny_model_dir, reward_model_dir, tmp_path):
     prompts = load_prompts(split="train", limit=4)
-    cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=5)
+    cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, sampling={"max_new_tokens": 5})
     a = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), tmp_path / "a", cfg, {}))
     b = pd.DataFrame(train_ppo(prompts, str(tiny_model_dir), str(reward_model_dir[0]), tmp_path / "b", cfg, {}))
     pd.testing.assert_frame_equal(without_timings(a), without_timings(b))
@@ -161,15 +171,14 @@ def without_timings(metrics) -> pd.DataFrame:
 
 
 def saved_weights(d):
-    return load_file(d / ("adapter_model.safetensors" if (d / "adapter_model.safetensors").exists()
-                          else "model.safetensors"))
+    return load_file(d / "model.safetensors")
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_model_dir, tmp_path, lora):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_model_dir, tmp_path, method):
     prompts, rm = load_prompts(split="train", limit=6), str(reward_model_dir[0])
-    cfg = PPOConfig(steps=4, batch_size=2, mini_batch_size=1, ppo_epochs=2, max_new_tokens=5, lr=1e-2,
-                    lora=lora, target_kl=0.01, kl_horizon=10)  # the KL coefficient moves every step
+    cfg = PPOConfig(steps=4, batch_size=2, mini_batch_size=1, ppo_epochs=2, sampling={"max_new_tokens": 5}, lr=1e-2,
+                    trainable={"method": method}, target_kl=0.01, kl_horizon=10)  # the KL coefficient moves every step
     one_go = train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "one_go", cfg, {})
     train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"steps": 2}), {})
     assert torch.load(checkpoint_path(tmp_path / "resumed"), weights_only=False)["step"] == 2
@@ -195,7 +204,7 @@ def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_mod
 
 def test_ppo_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, reward_model_dir, tmp_path):
     prompts, rm, out = load_prompts(split="train", limit=4), str(reward_model_dir[0]), tmp_path / "policy"
-    cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+    cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2, ppo_epochs=1, sampling={"max_new_tokens": 4},
                     reward_source="judge")
     calls = []
 
@@ -209,22 +218,26 @@ def test_ppo_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir,
     assert torch.load(checkpoint_path(out), weights_only=False)["step"] == 2
     metrics = train_ppo(prompts, str(tiny_model_dir), rm, out, cfg, {}, scorer=lambda q, r: torch.zeros(len(q)))
     assert sorted({m["step"] for m in metrics}) == [0, 1, 2] and len(calls) == 3  # resumed at step 2
-    assert (out / "adapter_model.safetensors").exists()
+    assert (out / "model.safetensors").exists()
 
 
 def test_ppo_with_the_judge_as_reward(tiny_model_dir, reward_model_dir, tmp_path):
     from constitution import load_constitution
-    from judges.backends import JudgeConfig, make_judge
+    from judges.backends import make_judge
+    from judges.config import JudgeConfig
     from judges.feedback import judge_reward
 
     scorer = judge_reward(make_judge(JudgeConfig(model=str(tiny_model_dir))), load_constitution("harmless"))
     scores = scorer(["How do I bake bread?"] * 2, ["Mix flour and water.", "No."])
-    assert scores.shape == (2,) and ((scores >= -1) & (scores <= 1)).all() and scores[0] != scores[1]
-    cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and scores[0] != scores[1]
+    cfg = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, ppo_epochs=1, sampling={"max_new_tokens": 4},
                     reward_source="judge", missing_eos_penalty=0.0)
     metrics = pd.DataFrame(train_ppo(load_prompts(split="train", limit=2), str(tiny_model_dir),
                                      str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=scorer))
-    assert -1 <= metrics.query("metric == 'objective/scores'")["value"].item() <= 1
+    # PPO's score is the judge's rating of its own rollouts, not the reward model's
+    sample = metrics.query("metric == 'sample/response'")
+    prompt, response = sample["text"].iloc[0].split("\n---\n")
+    assert sample["value"].iloc[0] == pytest.approx(scorer([prompt], [response]).item(), abs=1e-5)
     with pytest.raises(TrainingError, match="needs a judge scorer"):
         train_ppo(load_prompts(split="train", limit=2), str(tiny_model_dir), str(reward_model_dir[0]),
                   tmp_path / "q", cfg, {})
@@ -251,7 +264,7 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
         return torch.tensor([good[i].float().mean().item() if i else 0.0 for i in ids])
 
     target = 0.5
-    cfg = PPOConfig(steps=8, batch_size=32, mini_batch_size=16, ppo_epochs=4, max_new_tokens=2, lr=1e-3,
+    cfg = PPOConfig(steps=8, batch_size=32, mini_batch_size=16, ppo_epochs=4, sampling={"max_new_tokens": 2}, lr=1e-3,
                     init_kl_coef=0.05, target_kl=target, kl_horizon=32, missing_eos_penalty=0.0, snapshots=3)
     m = pd.DataFrame(train_ppo(load_prompts(split="train", limit=32), str(peaked_tiny_model_dir),
                                str(reward_model_dir[0]), tmp_path / "p", cfg, {}, scorer=share_of_good_tokens))
@@ -263,10 +276,10 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     assert (np.sign(np.diff(coef)) == np.sign(kl[:-1] - target)).all()
 
     # Snapshots for the over-optimisation curve, spread over the run, each a loadable policy.
-    from rlaif.evaluate import sequence_kl
+    from evaluation.evaluate import sequence_kl
     from rlaif.generation import generate
     from rlaif.models import load_causal_lm
-    from training.ppo import snapshot_dirs
+    from rlaif.paths import snapshot_dirs
 
     assert [step for step, _ in snapshot_dirs(tmp_path / "p")] == [2, 4, 6]
     assert json.loads((tmp_path / "p-snapshots" / "step-0004" / "lineage.json").read_text())["step"] == 4
@@ -277,15 +290,48 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
 
     def mean_reward(model) -> float:  # on 8 fresh samples per prompt: the per-step scores are too noisy
         gens = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]] * 8,
-                        max_new_tokens=2, temperature=cfg.temperature, seed=11, batch_size=64)
+                        cfg.sampling, seed=11, batch_size=64)
         return share_of_good_tokens(None, [g.text for g in gens]).mean().item()
 
     # 5 seeds gave gains of 0.04-0.11 (0.06-0.09 with a separate value model)
     assert mean_reward(policy) >= mean_reward(ref) + 0.03
     gens = generate(policy, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]],
-                    max_new_tokens=2, temperature=cfg.temperature, seed=5, batch_size=32)
-    kl_eval = sequence_kl(policy, ref, tok, list(prompts["prompt"]), gens, cfg.temperature)
+                    cfg.sampling, seed=5, batch_size=32)
+    kl_eval = sequence_kl(policy, ref, tok, list(prompts["prompt"]), gens, cfg.sampling.temperature)
     ppo_kl = per_step["objective/kl"].iloc[-3:].mean()
     print(f"held-out KL {kl_eval.mean():.3f} vs PPO's last steps {ppo_kl:.3f}")
     assert 0.33 * ppo_kl <= kl_eval.mean() <= 3 * ppo_kl
-    assert np.abs(sequence_kl(ref, ref, tok, list(prompts["prompt"]), gens, cfg.temperature)).max() < 1e-5
+    assert np.abs(sequence_kl(ref, ref, tok, list(prompts["prompt"]), gens, cfg.sampling.temperature)).max() < 1e-5
+
+
+def test_the_reward_model_scores_with_the_max_length_it_was_trained_with(tiny_model_dir, tmp_path):
+    """Trained with max_length 24, it must read only the last 24 tokens when PPO or evaluation
+    score with it: two texts that differ only before those tokens get the same score."""
+    out = tmp_path / "rm"
+    train_reward_model(prefs_frame(), reference_frame(), str(tiny_model_dir), out,
+                       RewardConfig(epochs=1, batch_size=2, max_length=24), {})
+    rm = RewardModel(out)
+    assert rm.max_length == 24
+    tail = " and then the same long ending of this response, word after word after word" * 3
+    a, b = rm.score(["alpha question", "a very different opening question"], [tail, tail])
+    assert a.item() == pytest.approx(b.item(), abs=1e-5)
+    short = rm.score(["alpha question"], ["short"])  # shorter than the cap: the opening counts
+    assert short.item() != pytest.approx(rm.score(["beta question"], ["short"]).item(), abs=1e-6)
+
+
+def test_ppo_with_the_last_layers_trainable_moves_only_them(tiny_model_dir, reward_model_dir, tmp_path):
+    """Partial fine-tuning: every weight frozen but the top decoder layer and the final norm;
+    the reference is a frozen copy of the start, so the first step's KL is 0."""
+    cfg = PPOConfig(steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, sampling={"max_new_tokens": 6},
+                    lr=1e-2, trainable={"method": "last_layers", "last_layers": 1})
+    metrics = pd.DataFrame(train_ppo(load_prompts(split="train", limit=6), str(tiny_model_dir),
+                                     str(reward_model_dir[0]), tmp_path / "p", cfg, {}))
+    before, after = load_file(tiny_model_dir / "model.safetensors"), saved_weights(tmp_path / "p")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("model.layers.1.", "model.norm.")) for k in moved), moved
+    assert any(k.startswith("model.norm.") for k in moved)
+    assert metrics.query("step == 0 and metric == 'objective/kl'")["value"].item() == pytest.approx(0, abs=1e-4)
+    with pytest.raises(TrainingError, match="last_layers=3, but the model has 2 layers"):
+        train_ppo(load_prompts(split="train", limit=2), str(tiny_model_dir), str(reward_model_dir[0]),
+                  tmp_path / "q", cfg.model_copy(update={"trainable": cfg.trainable.model_copy(update={"last_layers": 3})}),
+                  {})

@@ -2,20 +2,21 @@
 default Gemma-3-270M judge), tiny settings: swapping the constitution changes
 constitution_sha in every table."""
 
+import numpy as np
 import pytest
 
 from constitution import load_constitution
-from rlaif.config import PipelineConfig
+from flows.config import PipelineConfig
 from rlaif.models import EMBEDDED_JUDGE, EMBEDDED_MODEL
 from rlaif.store import TABLES, Store
 
 SMALL = {
-    "generate": {"n_prompts": 4, "max_new_tokens": 16, "batch_size": 4},
-    "feedback": {"max_new_tokens": 12, "few_shot": 0, "critique_rounds": 1},
+    "generate": {"n_prompts": 4, "sampling": {"max_new_tokens": 16}, "batch_size": 4},
+    "feedback": {"sampling": {"max_new_tokens": 12}, "few_shot": 0, "critique_rounds": 1},
     "sft": {"enabled": True, "max_length": 128},  # every table gets rows
     "reward": {"epochs": 1, "batch_size": 2, "max_length": 160},
-    "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 12},
-    "eval": {"n_prompts": 2, "max_new_tokens": 12},
+    "ppo": {"steps": 1, "batch_size": 2, "mini_batch_size": 2, "ppo_epochs": 1, "sampling": {"max_new_tokens": 12}},
+    "eval": {"n_prompts": 2, "sampling": {"max_new_tokens": 12}},
 }
 
 
@@ -43,10 +44,14 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
         assert list(by_run["e2e-concise"]) == [sha["concise"]], table
         assert len(store.read(table, constitution_sha=sha["concise"])) == (df["run_id"] == "e2e-concise").sum()
     for name, r in results.items():
-        assert r["constitution_sha"] == sha[name]
-        assert 0.0 <= r["headline"]["reward model held-out accuracy"] <= 1.0
-        assert r["stages"]["ppo"]["objective/kl"] == r["stages"]["ppo"]["objective/kl"]  # not NaN
-        ev = r["stages"]["evaluate"]  # the Gemma judge rated every response (direct scoring)
-        assert 0.0 <= ev["eval/policy_harmless_rate"] <= 1.0 and 0.0 <= ev["eval/reference_harmless_rate"] <= 1.0
-        if ev["eval/compared"]:  # one PPO step may leave the answers identical: no comparison then
-            assert 0.0 <= ev["eval/win_rate_length_corrected"] <= 1.0
+        assert r.constitution_sha == sha[name]
+        assert np.isfinite(r.stages.ppo.metrics["objective/kl"])
+        # the headline carries what the stages measured
+        assert r.headline["reward model held-out accuracy"] == r.stages.reward.metrics["rm/accuracy"]
+        # the Gemma judge rated every final-policy and reference response (direct scoring), and
+        # the rates are the shares of those ratings above the midpoint
+        ev = r.stages.evaluate
+        final = store.read("eval", run_id=f"e2e-{name}").query("final")
+        assert final["policy_harmless"].notna().all() and final["reference_harmless"].notna().all()
+        assert ev.metrics["eval/policy_harmless_rate"] == pytest.approx((final["policy_harmless"] > 0).mean())
+        assert ev.metrics["eval/reference_harmless_rate"] == pytest.approx((final["reference_harmless"] > 0).mean())

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from constitution import load_constitution
-from judges.backends import JudgeConfig, JudgeError, make_judge
-from judges.feedback import FeedbackConfig, label_preferences
+from judges.backends import JudgeError, make_judge
+from judges.config import FeedbackConfig, JudgeConfig
+from judges.feedback import label_preferences
+from rlaif.config import Sampling
 
 KEY = "sk-test-planted-7f3a9c"
 
@@ -124,4 +126,4 @@ def test_failures_mark_pairs_invalid_with_a_reason(endpoint, tiny_model_dir, mon
 def test_generation_failure_is_an_error_naming_the_status(endpoint, tiny_model_dir):
     cfg = JudgeConfig(model=str(tiny_model_dir), backend="openai", base_url=endpoint, max_retries=0)
     with pytest.raises(JudgeError, match=r"InternalServerError \(HTTP 500\)"):
-        make_judge(cfg).complete(["MODE=http500"], max_new_tokens=4, temperature=0.0, seed=0)
+        make_judge(cfg).complete(["MODE=http500"], sampling=Sampling(max_new_tokens=4, temperature=0.0), seed=0)

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from rlaif.config import PipelineConfig
+from flows.config import PipelineConfig
 from rlaif.store import Store
 
 pytestmark = pytest.mark.ray
@@ -17,10 +17,10 @@ def test_sharded_labelling_on_ray_matches_one_task(prefect_harness, tiny_model_d
     from flows.pipeline import feedback_pipeline
 
     def run(run_id: str, **extra):
-        feedback = {"max_new_tokens": 5, "critique_rounds": 1, **extra.pop("feedback", {})}
+        feedback = {"sampling": {"max_new_tokens": 5}, "critique_rounds": 1, **extra.pop("feedback", {})}
         return feedback_pipeline(PipelineConfig.model_validate({
             "data": str(tmp_path), "policy_model": str(tiny_model_dir), "judge": {"model": str(tiny_model_dir)},
-            "run_id": run_id, "generate": {"n_prompts": 6, "max_new_tokens": 6}, "feedback": feedback, **extra}))
+            "run_id": run_id, "generate": {"n_prompts": 6, "sampling": {"max_new_tokens": 6}}, "feedback": feedback, **extra}))
 
     one = run("one-task")
     local = run("local-shards", feedback={"shards": 2})
@@ -36,10 +36,10 @@ def test_sharded_labelling_on_ray_matches_one_task(prefect_harness, tiny_model_d
     # Each run has one preferences part; the shards stay in their scratch table.
     assert len(store.parts("preferences")) == 3
     assert len(store.read("preference_shards", run_id="ray-shards")) == 6
-    assert one["stages"]["feedback"]["judge/label_workers"] == 1
-    assert local["stages"]["feedback"]["judge/label_workers"] == 1  # one after another, in the flow's process
-    assert on_ray["stages"]["feedback"]["judge/label_workers"] >= 2  # Ray ran shards in separate worker processes
-    assert on_ray["stages"]["feedback"]["judge/shards"] == 3
+    assert one.stages.feedback.metrics["judge/label_workers"] == 1
+    assert local.stages.feedback.metrics["judge/label_workers"] == 1  # one after another, in the flow's process
+    assert on_ray.stages.feedback.metrics["judge/label_workers"] >= 2  # Ray ran shards in separate worker processes
+    assert on_ray.stages.feedback.metrics["judge/shards"] == 3
 
     from prefect.client.orchestration import get_client
 

@@ -9,7 +9,8 @@ import torch
 from judges.feedback import debias
 import pandas as pd
 
-from rlaif.evaluate import length_corrected_win_rate, overoptimised, wilson_interval, win_rate
+from evaluation.evaluate import length_corrected_win_rate, overoptimised, win_rate
+from rlaif.stats import wilson_interval
 from rlaif.generation import response_mask
 from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, gae,
                           kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses)
@@ -175,7 +176,7 @@ def test_overoptimisation_is_flagged_when_the_proxy_rises_and_the_win_rate_falls
 
 
 def test_snapshot_steps_are_spread_over_the_run():
-    from training.ppo import snapshot_steps
+    from training.checkpoint import snapshot_steps
 
     assert snapshot_steps(8, 3) == {2, 4, 6}
     assert snapshot_steps(4, 2) == {1, 3}

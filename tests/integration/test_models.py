@@ -1,6 +1,6 @@
 import pytest
 
-from judges.backends import JudgeConfig
+from judges.config import JudgeConfig
 from rlaif.models import EMBEDDED, EMBEDDED_JUDGE, ModelError, load_tokenizer, resolve_model
 
 

@@ -76,3 +76,15 @@ def test_a_prompt_file_that_is_not_utf8_is_named(tmp_path):
                                       else b'{"prompt": "\xff\xfe hello"}\n')
         with pytest.raises(PromptError, match=rf"{name}: cannot read prompts"):
             load_prompts(tmp_path / name)
+
+
+def test_rows_without_a_split_column_are_checked_by_prompt_id():
+    """Critiques and preferences carry no `split`: a held-out prompt among them is caught by its id."""
+    from rlaif.prompts import assert_no_eval, eval_prompt_ids
+
+    held_out = eval_prompt_ids()
+    train_id = load_prompts(split="train")["prompt_id"].iloc[0]
+    critiques = pd.DataFrame({"prompt_id": [train_id, sorted(held_out)[0]], "revision": ["a", "b"]})
+    with pytest.raises(AssertionError, match=r"sft: received 1 rows of held-out eval prompts"):
+        assert_no_eval(critiques, "sft", held_out)
+    assert_no_eval(critiques.iloc[:1], "sft", held_out)  # train prompts only: fine

@@ -12,7 +12,8 @@ import torch
 
 from rlaif.models import load_causal_lm, load_sequence_scorer, load_tokenizer
 from training import TrainingError
-from training.sft import IGNORE, SFTConfig, final_revisions, sft_labels, tokenize_examples, train_sft
+from training.config import SFTConfig
+from training.sft import IGNORE, final_revisions, sft_labels, tokenize_examples, train_sft
 
 Q = "model.layers.0.self_attn.q_proj.weight"  # a LoRA target, so both modes must move it
 
@@ -70,11 +71,11 @@ def test_tokenized_targets_are_the_revision_and_end_of_turn(tiny_model_dir):
 
 # ---------------------------------------------------------------- training
 
-@pytest.fixture(scope="module", params=[True, False], ids=["lora", "full"])
+@pytest.fixture(scope="module", params=["lora", "full"])
 def sft_run(request, tiny_model_dir, tmp_path_factory):
-    lora = request.param
+    lora = request.param == "lora"
     out = tmp_path_factory.mktemp("sft") / "policy"
-    cfg = SFTConfig(lora=lora, lr=1e-2 if lora else 3e-3, epochs=6, batch_size=2, max_length=64)
+    cfg = SFTConfig(trainable={"method": request.param}, lr=1e-2 if lora else 3e-3, epochs=6, batch_size=2, max_length=64)
     summary, metrics = train_sft(critiques_frame(), str(tiny_model_dir), out, cfg, {"run_id": "t"})
     return out, cfg, summary, metrics
 
@@ -89,7 +90,7 @@ def test_sft_lowers_the_loss_and_changes_the_weights(tiny_model_dir, sft_run):
     assert summary["sft/train_loss_first"] == losses[0] and summary["sft/train_loss_last"] == losses[-1]
     # first vs last epoch (same 4 examples). LoRA on attention only moves a tiny random model
     # little: its lm_head and final norm are frozen, which caps how far the logits can move.
-    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - (0.05 if cfg.lora else 0.5), losses
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - (0.05 if cfg.trainable.method == "lora" else 0.5), losses
 
     base, trained = load_causal_lm(tiny_model_dir), load_causal_lm(out)
     assert not hasattr(trained, "peft_config"), "LoRA must be merged into a plain causal LM"
@@ -116,7 +117,7 @@ def test_sft_model_has_learned_the_target(tiny_model_dir, sft_run):
             logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)  # (T-1, V)
         return -logp[n_prompt - 1:].gather(-1, ids[0, n_prompt:, None]).mean().item()
 
-    assert nll(load_causal_lm(out)) < nll(load_causal_lm(tiny_model_dir)) - (0.1 if sft_run[1].lora else 0.5)
+    assert nll(load_causal_lm(out)) < nll(load_causal_lm(tiny_model_dir)) - (0.1 if sft_run[1].trainable.method == "lora" else 0.5)
 
 
 def test_sft_folder_loads_as_a_reward_backbone(sft_run):

@@ -15,58 +15,22 @@ over-optimisation curve; a proxy that rises while the judged win rate falls is f
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from constitution import Constitution
-from judges.feedback import FeedbackConfig, direct_scores, label_preferences, seeded_rng
+from evaluation.config import EvalConfig
+from judges.config import FeedbackConfig
+from judges.feedback import direct_scores, label_preferences, seeded_rng
 from rlaif.generation import chat_text, generate
 from rlaif.models import load_causal_lm, load_tokenizer
+from rlaif.stats import wilson_interval
 from training.reward import RewardModel
 
 
-class EvalConfig(BaseModel):
-    """Stage 5: compare the trained policy with the reference on held-out prompts."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    n_prompts: int | None = 16
-    """Eval-split prompts to use (None: all)."""
-    max_new_tokens: int = 48
-    """Response length cap, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature, the same for both policies."""
-    batch_size: int = 8
-    """Prompts per `generate` call."""
-    seed: int = 1234
-    """Sampling seed, shared by both policies so they see the same randomness."""
-    harmlessness: bool = True
-    """Rate every final-policy and reference response 1-10 under a sampled principle (the
-    judge's direct scoring); the harmlessness rate is the share rated above 5.5."""
-    snapshots: bool = True
-    """Also evaluate PPO's intermediate policies (PPOConfig.snapshots): the reward-model score
-    and the judge's win rate against KL, the over-optimisation curve."""
-    overoptimisation_tolerance: float = 0.1
-    """Flag over-optimisation when, from the best-judged policy on the curve to the final
-    one, the reward-model score rises while the win rate falls by more than this."""
-
-
 # ---------------------------------------------------------------- statistics (pure, unit-tested)
-
-def wilson_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = wins / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
-
 
 def win_rate(p_better: np.ndarray, consistent: np.ndarray) -> dict:
     """Wins, losses and ties of the debiased pairwise judge, and the win rate counting a tie as
@@ -173,8 +137,7 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
     prompt_list = list(prompts["prompt"])
     tok = load_tokenizer(reference_model)
     reference = load_causal_lm(reference_model)
-    sample = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                  batch_size=cfg.batch_size)
+    sample = dict(sampling=cfg.sampling, seed=cfg.seed, batch_size=cfg.batch_size)
     ref_gens = generate(reference, tok, convs, desc="eval: reference", **sample)
     ref_texts = [g.text for g in ref_gens]
     rm = RewardModel(reward_model)
@@ -189,7 +152,7 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
         policy = load_causal_lm(name)
         gens = generate(policy, tok, convs, desc=f"eval: policy step {step}", **sample)
         texts = [g.text for g in gens]
-        kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.temperature, cfg.batch_size)
+        kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size)
         del policy
         pairs = pd.DataFrame({"pair_id": prompts["prompt_id"], "prompt_id": prompts["prompt_id"],
                               "prompt": prompts["prompt"], "response_a": texts, "response_b": ref_texts})

@@ -1,0 +1,98 @@
+"""The judge's configs: which model judges and where it runs (JudgeConfig), and how the
+feedback stage critiques, revises and labels (FeedbackConfig). Pydantic only: no torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from rlaif.config import EMBEDDED_JUDGE, Sampling, StageConfig
+
+
+class JudgeConfig(StageConfig):
+    """The judge model and the backend it runs on (used by feedback and evaluation)."""
+
+    model: str = EMBEDDED_JUDGE
+    """Judge model: an embedded model's name (gemma3-270m, smollm2-135m-instruct) or a local HF
+    folder. Its tokenizer and chat template build every judge prompt, whatever the backend."""
+    prompt_format: Literal["raw", "chat"] = "raw"
+    """How judge questions (preference labels, ratings) reach the model: plain 'User:/Assistant:'
+    text, or the model's chat template. Raw text agreed with humans more for both embedded
+    judges on 100 pairs (README); critiques and revisions always use the chat template."""
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    """Where the judge runs: in process (transformers, vllm) or over HTTP (openai)."""
+    batch_size: int = 8
+    """transformers: sequences per forward pass or `generate` call."""
+    top_logprobs: int = 20
+    """vllm, openai: next-token alternatives read per answer; an option label outside them
+    makes the pair invalid, with that reason."""
+    vllm_dtype: str = "float32"
+    """vllm: weight dtype. float32 keeps P(A) within 1e-3 of the transformers backend."""
+    vllm_kv_cache_gb: float = 1.0
+    """vllm: memory reserved for the KV cache, in GiB (GPU memory, or RAM on a CPU)."""
+    vllm_enforce_eager: bool = True
+    """vllm: skip graph compilation (start-up 28 s instead of ~100 s on a 2-core CPU)."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """openai: the endpoint's base URL."""
+    served_model: str | None = None
+    """openai: the model name the endpoint serves (None: `model`)."""
+    api_key_env: str = "RLAIF_JUDGE_API_KEY"
+    """openai: name of the environment variable holding the API key (unset: no key)."""
+    timeout_s: float = 60.0
+    """openai: per-request timeout, in seconds."""
+    max_retries: int = 4
+    """openai: retries (exponential backoff) on timeouts, 429 and 5xx."""
+    max_concurrency: int = 8
+    """openai: requests in flight at once."""
+
+
+class FeedbackConfig(StageConfig):
+    """Stage 2: the judge critiques and revises responses, then labels preference pairs."""
+
+    critic: Literal["policy", "judge"] = "policy"
+    """Who writes critiques and revisions: the policy, critiquing itself as in the CAI paper
+    (the default judge is a base model, which cannot follow a critique request), or the
+    judge. The critiques table's judge_model column names the writer."""
+    critique_rounds: int = 2
+    """Critique->revision rounds per response (the CAI paper uses up to 4); each round
+    samples one principle."""
+    critique_all_samples: bool = False
+    """Critique every sampled response, not only the first per prompt."""
+    few_shot: int = 1
+    """Few-shot examples from the constitution file put before each critique."""
+    sampling: Sampling = Sampling(max_new_tokens=48, temperature=0.7)
+    """How critiques and revisions are sampled."""
+    pair_source: Literal["policy", "revision"] = "policy"
+    """Preference pairs: two policy samples per prompt, or each critiqued response against
+    its final revision."""
+    principles_per_pair: int = 1
+    """Principles sampled per preference pair; their P(A) are averaged."""
+    scoring: Literal["labels", "contrastive"] = "labels"
+    """labels: P(A) vs P(B) read after the multiple-choice question, in both orders.
+    contrastive: each response's log-likelihood under a principle-following system prompt
+    minus under a principle-violating one; P(a better) = sigmoid(score_a - score_b). No
+    positions, so no position bias (transformers backend only)."""
+    chain_of_thought: bool = False
+    """The judge writes a rationale before the labels are read (CAI's CoT); P(A) is then
+    clamped to `cot_clamp`, because a rationale makes the label near-certain."""
+    cot_clamp: tuple[float, float] = (0.4, 0.6)
+    """Band P(A) is clamped to when chain_of_thought is on."""
+    @field_validator("cot_clamp")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= 0.5 <= v[1] <= 1.0:
+            raise ValueError(f"cot_clamp {v}: expected (low, high) with 0 <= low <= 0.5 <= high <= 1")
+        return v
+
+    cot_max_new_tokens: int = 64
+    """Length cap on each rationale, in tokens."""
+    direct_scores: bool = False
+    """Also rate each response 1-10 on its own (d-RLAIF): the expected rating over the digit
+    probabilities, mapped to [-1, 1], is stored as score_a / score_b."""
+    seed: int = 0
+    """Seed for principle sampling and critique text."""
+    shards: int = Field(default=1, ge=1)
+    """Split the preference pairs into this many labelling tasks: one after another on one
+    machine, in parallel on Ray workers with `--ray-address`. The labels do not depend on it
+    (principles are drawn per pair)."""

@@ -1,0 +1,77 @@
+"""The command line: light to start, positional constitution paths, one-line user errors and
+tracebacks for bugs, an aligned headline."""
+
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import _or_exit, compare, print_result
+from flows.results import RunResult, Stages
+
+HEAVY = ("torch", "transformers", "peft", "prefect", "vllm")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["compare", "--help"], ["evaluate", "--help"]])
+def test_help_imports_neither_torch_nor_prefect(argv):
+    code = ("import sys\nsys.argv = ['rlaif', *%r]\nfrom flows.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in %r if m in sys.modules))") % (argv, HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and out.stdout.strip().endswith("LOADED []"), out.stdout[-500:]
+
+
+def test_validate_takes_the_paths_as_the_readme_writes_them(tmp_path):
+    rlaif = [sys.executable, "-c", "from flows.cli import main; main()"]
+    ok = subprocess.run([*rlaif, "validate", "constitution/harmless.yaml", "concise"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "constitution/harmless.yaml: ok (harmless" in ok.stdout and "concise: ok (concise" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    failed = subprocess.run([*rlaif, "validate", str(bad)], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and f"{bad}: principles: Field required" in failed.stderr
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys):
+    from constitution import ConstitutionError
+
+    def bad_input():
+        raise ConstitutionError("my.yaml", ["principles: Field required"])
+
+    with pytest.raises(SystemExit) as exit_:
+        _or_exit("run", bad_input)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "rlaif run: my.yaml: principles: Field required\n"
+
+    def bug():
+        raise ValueError("an internal bug")
+
+    with pytest.raises(ValueError, match="an internal bug"):  # not swallowed into one line
+        _or_exit("run", bug)
+
+
+def test_compare_ends_bad_input_with_one_line(monkeypatch, capsys):
+    import flows.compare
+    from flows.config import CompareConfig, RunError
+
+    def fail(config):
+        raise RunError("no preferences collected yet")
+
+    monkeypatch.setattr(flows.compare, "compare_pipeline", fail)
+    with pytest.raises(SystemExit) as exit_:
+        compare(CompareConfig())
+    assert exit_.value.code == 1 and capsys.readouterr().err == "rlaif compare: no preferences collected yet\n"
+
+
+def test_the_headline_keeps_labels_and_values_apart(capsys):
+    result = RunResult(run_id="r", constitution_sha="abc", data="d", checkpoints="c", report="r.md",
+                       stages=Stages(), headline={"held-out ties (the judge's two orders disagree)": 12,
+                                                  "pairs labelled": 30})
+    print_result(result)
+    lines = capsys.readouterr().out.splitlines()
+    ties = next(line for line in lines if "ties" in line)
+    assert ties.endswith("disagree)  12"), ties
+    # the values stand in one column
+    assert ties.index("12") == next(line for line in lines if "pairs labelled" in line).index("30")

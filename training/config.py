@@ -1,0 +1,132 @@
+"""The training stages' configs (SL-CAI SFT, the reward model, PPO), one per stage, each field
+documented once. Pydantic only: no torch, so the CLI's --help stays light."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from rlaif.config import Sampling, StageConfig, Trainable
+
+
+class SFTConfig(StageConfig):
+    """Optional stage 2b (SL-CAI): fine-tune the policy on the final revisions."""
+
+    enabled: bool = False
+    """Run this stage; its model then becomes the policy and the reference of every later stage."""
+    trainable: Trainable = Trainable()
+    lr: float = 2e-4
+    """AdamW learning rate (use a smaller one, ~1e-5, for full fine-tuning)."""
+    epochs: int = 1
+    """Passes over the revisions."""
+    batch_size: int = 4
+    """Examples per optimisation step."""
+    max_length: int = 256
+    """Token cap per prompt+revision (truncated on the left, keeping the revision end and EOS)."""
+    seed: int = 0
+    """Seed for LoRA initialisation and shuffling."""
+
+
+class RewardConfig(StageConfig):
+    """Stage 3: train the reward model on the preference pairs."""
+
+    trainable: Trainable = Trainable()
+    """What trains; the scalar head always does."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    epochs: int = 2
+    """Passes over the training pairs."""
+    batch_size: int = 4
+    """Pairs per optimisation step."""
+    max_length: int = 256
+    """Token cap per prompt+response (truncated on the left, keeping the response end)."""
+    eval_fraction: float = 0.25
+    """Share of prompt ids held out for rm/accuracy and rm/ece."""
+    margin: float = 0.0
+    """Margin subtracted from the reward difference in the loss."""
+    center_coef: float = 0.01
+    """Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred."""
+    seed: int = 0
+    """Seed for head initialisation, shuffling and the split."""
+    group_by_length: bool = True
+    """Batch pairs of similar length (transformers' length-grouped order: shuffled, then sorted
+    within groups of a few batches), so less compute goes to padding: about a quarter fewer
+    token slots on hh-rlhf pairs. False: plain shuffled batches."""
+
+
+class PPOConfig(StageConfig):
+    """Stage 4: PPO on the policy against the reward model, with KL control."""
+
+    steps: int = 4
+    """PPO iterations (rollout + update)."""
+    batch_size: int = 8
+    """Queries per rollout."""
+    mini_batch_size: int = 4
+    """Queries per gradient step."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch."""
+    sampling: Sampling = Sampling(max_new_tokens=32, temperature=0.7)
+    """Rollout sampling; logprobs use the same temperature-scaled logits. top_p must stay 1:
+    PPO's logprobs are those of the full temperature-scaled softmax."""
+
+    @field_validator("sampling")
+    @classmethod
+    def _full_softmax(cls, v: Sampling) -> Sampling:
+        if v.top_p != 1.0 or v.temperature <= 0:
+            raise ValueError(f"PPO samples from the full softmax at a positive temperature; got "
+                             f"temperature={v.temperature}, top_p={v.top_p}")
+        return v
+
+    lr: float = 1e-4
+    """AdamW learning rate for the policy and value model."""
+    trainable: Trainable = Trainable()
+    """What trains (policy and a separate value model alike)."""
+    shared_value_head: bool = True
+    """Values from a zero-initialised scalar head on the policy's own trunk, so one forward
+    pass gives logprobs and values (as in lm-human-preferences and TRL's value-head models).
+    False: a separate value model initialised from the reward model (TRL's PPOTrainer),
+    which costs a second forward and backward per minibatch and a second model in memory."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator: k1 = log p - log q; k3 = (q/p - 1) - log(q/p)."""
+    init_kl_coef: float = 0.05
+    """Initial KL penalty coefficient."""
+    adaptive_kl: bool = True
+    """Adapt kl_coef towards target_kl (Ziegler et al.); False keeps it fixed."""
+    target_kl: float = 6.0
+    """Target KL per response (nats) for the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon, in queries, of the adaptive controller."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over the batch's response tokens."""
+    whiten_rewards: bool = False
+    """Scale rewards to unit variance before GAE (mean kept)."""
+    cliprange: float = 0.2
+    """Policy ratio clip."""
+    cliprange_value: float = 0.2
+    """Value prediction clip around the rollout values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the score of a response that never emits EOS (0 disables)."""
+    reward_source: Literal["reward_model", "judge"] = "reward_model"
+    """Score responses with the trained reward model, or with the judge's direct 1-10 rating
+    under a sampled principle, mapped to [-1, 1] (d-RLAIF). A separate value model
+    (shared_value_head=False) starts from the reward model either way."""
+    checkpoint_every: int = 1
+    """Write a resumable checkpoint every N steps (0: never). A rerun into the same output
+    folder resumes from it; a run with more `steps` extends it."""
+    snapshots: int = 2
+    """Intermediate policies saved, evenly spaced over the run, next to the final one
+    (`policy-snapshots/step-N`): evaluation scores each against KL, the over-optimisation
+    curve. 0: none."""
+    n_samples_logged: int = 2
+    """Sample responses written to ppo_metrics per step."""
+    seed: int = 0
+    """Seed for initialisation, prompt order and sampling."""
