@@ -27,7 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from flows.pipeline import pipeline
-from rlaif.config import PipelineConfig
+from flows.config import PipelineConfig
 from rlaif.models import EMBEDDED_MODEL, load_tokenizer
 
 work = Path(sys.argv[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from rlaif.config import Sampling, StageConfig
 
 
@@ -11,7 +13,16 @@ class EvalConfig(StageConfig):
     n_prompts: int | None = 16
     """Eval-split prompts to use (None: all)."""
     sampling: Sampling = Sampling(max_new_tokens=48, temperature=0.7)
-    """How every policy and the reference are sampled (the same settings for all)."""
+    """How every policy and the reference are sampled (the same settings for all). top_p must
+    stay 1: the held-out KL is read on the full temperature-scaled softmax."""
+
+    @field_validator("sampling")
+    @classmethod
+    def _full_softmax(cls, v: Sampling) -> Sampling:
+        if v.top_p != 1.0:
+            raise ValueError(f"the evaluation's KL assumes samples from the full softmax; got top_p={v.top_p}")
+        return v
+
     batch_size: int = 8
     """Prompts per `generate` call."""
     seed: int = 1234

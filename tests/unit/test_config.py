@@ -1,0 +1,43 @@
+"""The typed configs: shared sub-configs, partial overrides, the checks that guard the maths."""
+
+import pytest
+from pydantic import ValidationError
+
+from evaluation.config import EvalConfig
+from flows.config import PipelineConfig
+from rlaif.config import GenerateConfig, Sampling, Trainable
+from training.config import PPOConfig, RewardConfig, SFTConfig
+
+
+def test_a_partial_sub_config_keeps_the_stages_other_defaults():
+    """From YAML or a deployment parameter, {sampling: {max_new_tokens: 16}} changes that field
+    only: generation keeps its own temperature and top_p, not Sampling's class defaults."""
+    g = GenerateConfig.model_validate({"sampling": {"max_new_tokens": 16}})
+    assert g.sampling == Sampling(max_new_tokens=16, temperature=0.8, top_p=0.95)
+    p = PipelineConfig.model_validate({"ppo": {"sampling": {"max_new_tokens": 5}},
+                                       "eval": {"sampling": {"temperature": 0.5}}})
+    assert p.ppo.sampling == Sampling(max_new_tokens=5, temperature=0.7)
+    assert p.eval.sampling == Sampling(max_new_tokens=48, temperature=0.5)
+    with pytest.raises(ValidationError, match="sampling.max_new_tokens"):
+        GenerateConfig.model_validate({"sampling": {"max_new_tokens": 0}})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        GenerateConfig.model_validate({"sampling": {"max_tokens": 16}})
+
+
+def test_what_trains_is_one_setting_for_every_trainer():
+    for cfg in (SFTConfig, RewardConfig, PPOConfig):
+        assert cfg().trainable == Trainable(method="lora")
+        assert cfg.model_validate({"trainable": {"method": "last_layers", "last_layers": 3}}).trainable.last_layers == 3
+    with pytest.raises(ValidationError, match="trainable.method"):
+        PPOConfig.model_validate({"trainable": {"method": "adapters"}})
+
+
+def test_ppo_and_the_evaluation_sample_from_the_full_softmax():
+    """Their logprobs and KL are those of the temperature-scaled softmax: nucleus sampling or
+    greedy rollouts would make them wrong, so the config refuses them."""
+    with pytest.raises(ValidationError, match="full softmax at a positive temperature"):
+        PPOConfig.model_validate({"sampling": {"top_p": 0.9}})
+    with pytest.raises(ValidationError, match="full softmax at a positive temperature"):
+        PPOConfig.model_validate({"sampling": {"temperature": 0.0}})
+    with pytest.raises(ValidationError, match="full softmax; got top_p=0.9"):
+        EvalConfig.model_validate({"sampling": {"top_p": 0.9}})
