@@ -106,7 +106,7 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, sampling={"max_new_tokens": 6}, direct_scores=True))
     prefs = store.read("preferences", run_id="http")
     assert len(prefs) == 6 and prefs["valid"].all() and (prefs["judge_backend"] == "openai").all()
-    assert result["judge/valid_pairs"] == 6
+    assert result.metrics["judge/valid_pairs"] == 6
     assert len(store.read("critiques", run_id="http")) == 6
 
     # Every file under the data root (Parquet, reports), what was printed, and what Prefect
