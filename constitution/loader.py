@@ -171,7 +171,9 @@ def check_markers(constitution: Constitution, path: str | Path, markers, whose: 
 
 def _marker_errors(field: str, text: str, markers, whose: str) -> list[str]:
     bad = [m for m in markers if m and m in text]
-    return [f"{field}: contains {bad[0]!r}, a prompt marker of {whose}, which would break its prompt format"] if bad else []
+    if not bad:
+        return []
+    return [f"{field}: contains {bad[0]!r}, a prompt marker of {whose}, which would break its prompt format"]
 
 
 def load_constitution(name_or_path: str | Path) -> Constitution:

@@ -28,7 +28,8 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     for s in range(cfg.samples_per_prompt):
         seed = cfg.seed + 7919 * s
         gens = generate(model, tok, convs, cfg.sampling, seed=seed, batch_size=cfg.batch_size,
-                        desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})", on_batch=lambda n, done=len(convs) * s: progress(done + n))
+                        desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})",
+                        on_batch=lambda n, done=len(convs) * s: progress(done + n))
         frames.append(pd.DataFrame({
             "prompt_id": prompts["prompt_id"], "split": prompts["split"], "prompt": prompts["prompt"],
             "response_id": [f"{pid}/s{s}" for pid in prompts["prompt_id"]], "sample_idx": s,

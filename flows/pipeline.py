@@ -23,6 +23,7 @@ from rlaif.models import load_tokenizer, resolve_model
 from rlaif.prompts import load_prompts
 from rlaif.store import Store
 
+
 @task
 def prepare_run(config: PipelineConfig) -> RunContext:
     """Fail fast on bad inputs before any model work: constitution, prompts, models, data root."""
@@ -45,7 +46,7 @@ def prepare_run(config: PipelineConfig) -> RunContext:
             import prefect_ray  # noqa: F401
         except ImportError:
             raise RunError(f"--ray-address {config.ray_address!r} needs prefect-ray: "
-                             "pip install -e '.[ray]' (make setup installs it)") from None
+                           "pip install -e '.[ray]' (make setup installs it)") from None
     Store(config.data).check_writable()
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
@@ -68,10 +69,11 @@ def write_report(ctx: RunContext, stages: Stages, name: str = "report.md") -> st
 def collected_parts(ctx: RunContext) -> dict[str, list[str]]:
     """Every run's parts of this constitution, for the weekly retraining."""
     store = Store(ctx.data)
-    parts = {t: [str(p) for p in store.parts(t, ctx.constitution_sha)] for t in ("preferences", "responses", "critiques")}
+    parts = {t: [str(p) for p in store.parts(t, ctx.constitution_sha)]
+             for t in ("preferences", "responses", "critiques")}
     if not parts["preferences"]:
         raise RunError(f"no preferences collected yet for constitution {ctx.constitution_path} "
-                         f"(sha {ctx.constitution_sha[:12]}) under {ctx.data}; run the feedback flow first")
+                       f"(sha {ctx.constitution_sha[:12]}) under {ctx.data}; run the feedback flow first")
     return parts
 
 
@@ -83,7 +85,7 @@ def locate_run(ctx: RunContext, policy: str | None, reward_model: str | None) ->
     for what, path in (("policy", policy), ("reward model", reward_model)):
         if not Path(path).is_dir():
             raise RunError(f"evaluate: no {what} at {path} (run {ctx.run_id}, constitution "
-                                    f"{Path(ctx.constitution_path).stem}); did that run finish?")
+                           f"{Path(ctx.constitution_path).stem}); did that run finish?")
     lineage = Path(policy) / "lineage.json"
     if lineage.exists():
         ctx = ctx.model_copy(update={"policy_model": json.loads(lineage.read_text())["policy_model"]})
@@ -117,7 +119,8 @@ def training_pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
 
 
 @flow(name="rlaif-evaluation", log_prints=True)
-def evaluation_pipeline(config: PipelineConfig, policy: str | None = None, reward_model: str | None = None) -> RunResult:
+def evaluation_pipeline(config: PipelineConfig, policy: str | None = None,
+                        reward_model: str | None = None) -> RunResult:
     """Evaluate a finished run again (`config.run_id`; its checkpoints under the data root), or
     any policy and reward model folders. Writes `evaluation.md` beside the run's report."""
     if not config.run_id and not (policy and reward_model):

@@ -89,6 +89,8 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
         # the PNGs sit next to report.md; the UI cannot show a local file
         lines += ["", *[f"![{name}: {k}]({Path(v).name})" for k, v in result.plots.items()]]
     return lines
+
+
 def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agreement: dict,
                      differ: dict, samples: pd.DataFrame) -> str:
     lines = [f"# Constitution A/B `{cid}`", "",

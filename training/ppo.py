@@ -242,8 +242,9 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     def save(d: Path, steps_done: int, still_training: bool) -> None:
         save_model(d, m.policy, tok, {
             "rlaif_config.json": cfg.model_dump(), "kl_controller.json": {"kl_coef": kl_ctl.value, "steps": steps_done},
-            "lineage.json": {**lineage, "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
-                             "step": steps_done, "prompt_ids": prompts["prompt_id"].tolist()}}, still_training)
+            "lineage.json": {**lineage, "policy_model": str(resolve_model(policy_model)),
+                             "reward_model": str(reward_model), "step": steps_done,
+                             "prompt_ids": prompts["prompt_id"].tolist()}}, still_training)
 
     for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
         t0 = time.perf_counter()
@@ -326,7 +327,8 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
         kl_ctl.update(mean_kl, cfg.batch_size)
         metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in step_metrics.items()]
         metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
-                     "text": f"{batch_prompts[i]}\n---\n{texts[i]}"} for i in range(min(cfg.n_samples_logged, len(texts)))]
+                     "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
+                    for i in range(min(cfg.n_samples_logged, len(texts)))]
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics)
         if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
