@@ -87,7 +87,8 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
         return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef)
 
     metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="reward model",
-                  metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
+                  metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+                  micro_batch_size=cfg.micro_batch_size)
     step = len(metrics)
 
     with torch.inference_mode():

@@ -112,18 +112,18 @@ def train_sft(critiques: pd.DataFrame, policy_model: str, out_dir: Path, cfg: SF
     examples = tokenize_examples(tok, data["prompt"].tolist(), data["revision"].tolist(), cfg.max_length)
 
     def batches(gen: torch.Generator):
-        for idx in torch.randperm(len(examples), generator=gen).split(cfg.batch_size):
-            yield collate([examples[i] for i in idx], tok.pad_token_id)
+        return torch.randperm(len(examples), generator=gen).split(cfg.batch_size)
 
-    def loss_fn(batch) -> torch.Tensor:
-        input_ids, attention_mask, prompt_lengths = batch
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask, prompt_lengths = collate([examples[i] for i in idx], tok.pad_token_id)
         labels = sft_labels(input_ids, prompt_lengths, attention_mask)  # (B, T)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
         # position t predicts token t+1; mean over every response token in the batch
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
     metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="sft",
-                  metric="sft/loss", steps_per_epoch=math.ceil(len(examples) / cfg.batch_size))
+                  metric="sft/loss", steps_per_epoch=math.ceil(len(examples) / cfg.batch_size),
+                  micro_batch_size=cfg.micro_batch_size)
     summary = {"sft/train_loss_first": metrics[0]["value"], "sft/train_loss_last": metrics[-1]["value"],
                "sft/examples": len(examples)}
     save_model(out_dir, model, tok, {
