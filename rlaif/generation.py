@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlaif.config import Sampling
+from rlaif.models import unwrap
 
 
 @dataclass
@@ -46,7 +47,7 @@ def plain_generation_config(model):
     temperature-scaled softmax that PPO's logprobs and the KL assume."""
     from transformers import GenerationConfig
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+    base = unwrap(model)  # under peft
     own = base.generation_config
     base.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id,
                                               pad_token_id=own.pad_token_id)

@@ -145,6 +145,11 @@ def resolve_model(name: str | Path) -> Path:
     )
 
 
+def unwrap(model):
+    """The transformers model under an optional peft wrapper (LoRA layers stay active)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_tokenizer(name: str | Path):
     from transformers import AutoTokenizer
 

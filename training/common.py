@@ -10,13 +10,9 @@ import torch
 
 from rlaif.config import Trainable
 from rlaif.generation import chat_text, position_ids
+from rlaif.models import unwrap
 from rlaif.io import write_dir_atomic
 from training import TrainingError
-
-
-def unwrap(model):
-    """The transformers model under an optional peft wrapper (LoRA layers stay active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def token_values(scorer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
