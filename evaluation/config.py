@@ -24,7 +24,8 @@ class EvalConfig(StageConfig):
         return v
 
     batch_size: int = 8
-    """Prompts per `generate` call."""
+    """Sequences per forward pass when the KL to the reference is read (sampling batches are
+    the policy engine's)."""
     seed: int = 1234
     """Sampling seed, shared by both policies so they see the same randomness."""
     harmlessness: bool = True

@@ -24,8 +24,11 @@ from constitution import Constitution
 from evaluation.config import EvalConfig
 from judges.config import FeedbackConfig
 from judges.feedback import direct_scores, label_preferences, seeded_rng
-from rlaif.generation import chat_text, generate
+from rlaif.config import EngineConfig, Transformers
+from rlaif.engines import open_engine
+from rlaif.generation import chat_text
 from rlaif.models import load_causal_lm, load_tokenizer
+from rlaif.runtime import CPU, Runtime
 from rlaif.stats import wilson_interval
 from training.reward import RewardModel
 
@@ -90,7 +93,7 @@ def overoptimised(curve: pd.DataFrame, tolerance: float) -> bool:
 
 @torch.inference_mode()
 def sequence_kl(policy, reference, tokenizer, prompts: list[str], gens: list, temperature: float,
-                batch_size: int = 8) -> np.ndarray:
+                batch_size: int = 8, runtime: Runtime = CPU) -> np.ndarray:
     """KL(policy || reference) of each sampled response: the sum over its tokens of
     log p - log q (the k1 estimator, unbiased on the policy's own samples), with the
     temperature-scaled logits the samples were drawn from, as PPO computes it. (N,)"""
@@ -108,10 +111,11 @@ def sequence_kl(policy, reference, tokenizer, prompts: list[str], gens: list, te
         q_mask = torch.tensor([[0] * (Q - len(q)) + [1] * len(q) for q in queries])
         r_ids = torch.tensor([r + [pad] * (R - len(r)) for r in resps])  # (B, R), right-padded
         r_mask = torch.tensor([[1] * len(r) + [0] * (R - len(r)) for r in resps])
-        ids, attn = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)  # (B, Q+R)
+        ids, attn = runtime.put(torch.cat([q_ids, r_ids], 1)), runtime.put(torch.cat([q_mask, r_mask], 1))  # (B, Q+R)
+        r_ids, r_mask = runtime.put(r_ids), runtime.put(r_mask)
         lp = logprobs_from_logits(response_logits(policy, ids, attn, R, temperature), r_ids)  # (B, R)
         ref_lp = logprobs_from_logits(response_logits(reference, ids, attn, R, temperature), r_ids)
-        out.append(((lp - ref_lp) * r_mask).sum(1))
+        out.append(((lp - ref_lp) * r_mask).sum(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -125,22 +129,29 @@ def harmless_scores(judge, constitution: Constitution, prompts: pd.DataFrame, re
 
 
 def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[int, str]], judge,
-             constitution: Constitution, reward_model: str, cfg: EvalConfig) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+             constitution: Constitution, reward_model: str, cfg: EvalConfig,
+             policy_engine: EngineConfig = Transformers(), runtime: Runtime = CPU,
+             ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """`policies`: (PPO step, model) pairs, the last one the final policy. Returns the per-
     prompt rows of every policy, the final policy's summary, and the curve (one row per
-    point, the reference at step 0 and KL 0)."""
+    point, the reference at step 0 and KL 0). Each policy samples on its own `policy_engine`
+    (one per model, shut down before the next); the KL is read in process."""
     if (prompts["split"] != "eval").any():
         raise AssertionError("evaluate: only held-out eval prompts may be used")
     if prompts.empty:
         raise ValueError("evaluate: no eval prompts")
-    convs = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
     prompt_list = list(prompts["prompt"])
     tok = load_tokenizer(reference_model)
-    reference = load_causal_lm(reference_model)
-    sample = dict(sampling=cfg.sampling, seed=cfg.seed, batch_size=cfg.batch_size)
-    ref_gens = generate(reference, tok, convs, desc="eval: reference", **sample)
+    queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompt_list]
+    reference = load_causal_lm(reference_model, runtime)
+
+    def sample(name: str, module, desc: str) -> list:
+        with open_engine(policy_engine, name, runtime, module=module) as engine:
+            return engine.generate(queries, cfg.sampling, seed=cfg.seed, desc=desc)
+
+    ref_gens = sample(reference_model, reference, "eval: reference")
     ref_texts = [g.text for g in ref_gens]
-    rm = RewardModel(reward_model)
+    rm = RewardModel(reward_model, runtime)
     ref_rm = rm.score(prompt_list, ref_texts).numpy()
     ref_harmless = (harmless_scores(judge, constitution, prompts, ref_texts, cfg.seed)
                     if cfg.harmlessness else np.full(len(prompts), np.nan))
@@ -149,10 +160,10 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
                           "win_rate": 0.5, "ci_low": float("nan"), "ci_high": float("nan")}]
     for i, (step, name) in enumerate(tqdm(policies, desc="eval: policies", unit="policy")):
         final = i == len(policies) - 1
-        policy = load_causal_lm(name)
-        gens = generate(policy, tok, convs, desc=f"eval: policy step {step}", **sample)
+        policy = load_causal_lm(name, runtime)
+        gens = sample(name, policy, f"eval: policy step {step}")
         texts = [g.text for g in gens]
-        kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size)
+        kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size, runtime)
         del policy
         pairs = pd.DataFrame({"pair_id": prompts["prompt_id"], "prompt_id": prompts["prompt_id"],
                               "prompt": prompts["prompt"], "response_a": texts, "response_b": ref_texts})

@@ -26,7 +26,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from constitution import ConstitutionError
     from flows.config import RunError
     from flows.deployments import SchedulesError
-    from judges.backends import JudgeError
+    from judges.judge import JudgeError
+    from rlaif.engines import EngineError
+    from rlaif.runtime import DeviceError
     from judges.human_eval import PairsFileError
     from rlaif.models import ModelError
     from rlaif.prompts import PromptError
@@ -34,7 +36,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from training import TrainingError
 
     return (ConstitutionError, RunError, SchedulesError, JudgeError, PairsFileError, ModelError, PromptError,
-            StoreError, TrainingError)
+            StoreError, TrainingError, EngineError, DeviceError)
 
 
 def _or_exit(command: str, fn):
@@ -174,12 +176,12 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
                limit: int | None = 200, principles_per_pair: int = 1,
                scoring: Literal["labels", "contrastive"] = "labels",
                chain_of_thought: bool = False,
-               direct_scores: bool = False, seed: int = 0) -> dict:
+               direct_scores: bool = False, seed: int = 0, device: str = "auto") -> dict:
     """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
 
     Args:
         pairs: File of {"chosen", "rejected"} transcripts.
-        judge: The judge model and backend.
+        judge: The judge model and engine.
         out: Where to write the JSON result.
         constitution: Constitution whose preference questions the judge answers.
         limit: Pairs to read from the start of the file (None: all).
@@ -188,9 +190,11 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
         chain_of_thought: Write a rationale before reading the labels.
         direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
+        device: Where the judge runs: auto, cpu, cuda or cuda:N.
     """
     from constitution import load_constitution
-    from judges.backends import make_judge
+    from judges.judge import make_judge
+    from rlaif.runtime import resolve
     from judges.config import FeedbackConfig
     from judges.human_eval import agreement_table, judge_agreement, read_hh_pairs
     from rlaif.io import write_json_atomic
@@ -200,7 +204,8 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
     cfg = FeedbackConfig(principles_per_pair=principles_per_pair, scoring=scoring,
                          chain_of_thought=chain_of_thought,
                          direct_scores=direct_scores, seed=seed)
-    result = {"pairs_file": str(pairs), **judge_agreement(make_judge(judge), df, c, cfg)}
+    with make_judge(judge, resolve(device)) as j:
+        result = {"pairs_file": str(pairs), **judge_agreement(j, df, c, cfg)}
     write_json_atomic(out, result)
     print(agreement_table(result))
     print(f"written to {out}")

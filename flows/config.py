@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evaluation.config import EvalConfig
 from judges.config import FeedbackConfig, JudgeConfig
-from rlaif.config import EMBEDDED_MODEL, GenerateConfig
+from rlaif.config import EMBEDDED_MODEL, DType, EngineConfig, GenerateConfig, Transformers
 from rlaif.paths import RunLayout, default_data_root
 from training.config import PPOConfig, RewardConfig, SFTConfig
 
@@ -46,7 +46,15 @@ class PipelineConfig(BaseModel):
     """Data root for Parquet datasets, checkpoints and reports (env RLAIF_DATA)."""
     policy_model: str = EMBEDDED_MODEL
     """Policy and reference model: the embedded model's name or a local HF folder."""
+    policy_engine: EngineConfig = Transformers(batch_size=16)
+    """Where the policy writes text: responses, critiques and revisions (with feedback.critic
+    policy), PPO's rollouts and evaluation's samples. `policy-engine:vllm` on the command line
+    for vLLM; PPO's rollouts need transformers or vllm (the weights change every step)."""
     judge: JudgeConfig = JudgeConfig()
+    device: str = "auto"
+    """Where models run: auto (a CUDA GPU when one is visible, else the CPU), cpu, cuda, cuda:N."""
+    dtype: DType = "auto"
+    """Model weights: auto (bfloat16 on a GPU, float32 on the CPU), float32 or bfloat16."""
     run_id: str | None = None
     """Name of this run in every row and folder; None: a new timestamped id."""
     ray_address: str | None = None
@@ -93,6 +101,16 @@ class RunContext(BaseModel):
     prompts: str | None
     policy_model: str
     judge: JudgeConfig
+    policy_engine: EngineConfig = Transformers(batch_size=16)
+    device: str = "auto"
+    dtype: DType = "auto"
+
+    @property
+    def runtime(self):
+        """Where this run's models go (rlaif.runtime.Runtime)."""
+        from rlaif.runtime import resolve
+
+        return resolve(self.device, self.dtype)
 
     @property
     def layout(self) -> RunLayout:

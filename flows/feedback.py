@@ -13,19 +13,18 @@ from constitution import load_constitution
 from flows.common import MODEL_TASK, Progress, cached, publish, publish_samples
 from flows.config import RunContext
 from flows.results import FeedbackResult
-from judges.backends import make_judge
+from judges.judge import make_judge
 from judges.config import FeedbackConfig, JudgeConfig
 from judges.feedback import critique_and_revise, label_preferences, make_pairs, make_revision_pairs
 from rlaif.store import Store
 
 
 def critic_config(ctx: RunContext, cfg: FeedbackConfig) -> JudgeConfig:
-    """The model that writes critiques and revisions. The policy runs on the judge's backend,
-    unless that is an HTTP endpoint, which serves the judge and not the policy."""
+    """The model that writes critiques and revisions, on its own engine: the judge on the
+    judge's, or the policy on the policy's."""
     if cfg.critic == "judge":
         return ctx.judge
-    return ctx.judge.model_copy(update={
-        "model": ctx.policy_model, "backend": "transformers" if ctx.judge.backend == "openai" else ctx.judge.backend})
+    return ctx.judge.model_copy(update={"model": ctx.policy_model, "engine": ctx.policy_engine})
 
 
 @task(**MODEL_TASK)
@@ -33,7 +32,8 @@ def critique_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str) -> 
     store = Store(ctx.data)
     responses = store.read_part("responses", responses_path).to_pandas()
     critic = critic_config(ctx, cfg)
-    rows = critique_and_revise(make_judge(critic), responses, load_constitution(ctx.constitution_path), cfg)
+    with make_judge(critic, ctx.runtime) as judge:
+        rows = critique_and_revise(judge, responses, load_constitution(ctx.constitution_path), cfg)
     return str(store.write("critiques", rows, key=f"{ctx.run_id}/critiques",
                            lineage=ctx.lineage(judge_model=critic.model),
                            metadata={"config": cfg.model_dump(), "inputs": [responses_path]}))
@@ -56,7 +56,8 @@ def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, c
     else:
         pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
     pairs = pairs.iloc[np.array_split(np.arange(len(pairs)), cfg.shards)[shard]]
-    rows = label_preferences(make_judge(ctx.judge), pairs, load_constitution(ctx.constitution_path), cfg)
+    with make_judge(ctx.judge, ctx.runtime) as judge:
+        rows = label_preferences(judge, pairs, load_constitution(ctx.constitution_path), cfg)
     table, key = (("preferences", f"{ctx.run_id}/preferences") if cfg.shards == 1 else
                   ("preference_shards", f"{ctx.run_id}/preferences/{shard}-of-{cfg.shards}"))
     path = store.write(table, rows, key=key, lineage=ctx.lineage(judge_model=ctx.judge.model),
@@ -85,8 +86,12 @@ def label_shards(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, crit
         return labeller(ctx, cfg, responses_path, critiques_path)["path"], 1
     progress = Progress("labelling-progress", cfg.shards, "Preference shards labelled")
     if on_ray:
-        futures = [labeller.with_options(tags=[RAY_TAG]).submit(ctx, cfg, responses_path, critiques_path, k)
-                   for k in range(cfg.shards)]
+        from prefect_ray.context import remote_options
+
+        # Ray places each shard where its judge fits: a GPU each when the judge runs on one.
+        with remote_options(num_gpus=1 if ctx.runtime.on_gpu and ctx.judge.engine.kind != "openai" else 0):
+            futures = [labeller.with_options(tags=[RAY_TAG]).submit(ctx, cfg, responses_path, critiques_path, k)
+                       for k in range(cfg.shards)]
         for done, _ in enumerate(as_completed(futures), 1):
             progress(done)
         shards = [f.result() for f in futures]
@@ -108,7 +113,7 @@ def summarise_feedback(ctx: RunContext, cfg: FeedbackConfig, critiques: str, pre
                "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
                "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
                "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan"),
-               "judge/backend": ctx.judge.backend, "judge/shards": cfg.shards, "judge/label_workers": workers,
+               "judge/engine": ctx.judge.engine.kind, "judge/shards": cfg.shards, "judge/label_workers": workers,
                **{f"judge/invalid: {reason}": int(n)
                   for reason, n in prefs["invalid_reason"].dropna().value_counts().items()}}
     if cfg.direct_scores:

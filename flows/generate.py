@@ -9,8 +9,9 @@ from flows.common import MODEL_TASK, Progress, cached, publish
 from flows.config import RunContext
 from flows.results import GenerateResult
 from rlaif.config import GenerateConfig
-from rlaif.generation import generate
-from rlaif.models import load_causal_lm, load_tokenizer
+from rlaif.engines import open_engine
+from rlaif.generation import chat_text
+from rlaif.models import load_tokenizer
 from rlaif.prompts import assert_no_eval, fit_to_context, load_prompts
 from rlaif.store import Store
 
@@ -20,16 +21,17 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     tok = load_tokenizer(ctx.policy_model)
     prompts = fit_to_context(load_prompts(ctx.prompts, split="train", limit=cfg.n_prompts), tok)
     assert_no_eval(prompts, "generate")
-    model = load_causal_lm(ctx.policy_model)
-    convs = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
+    texts = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
     frames = []
-    total = len(convs) * cfg.samples_per_prompt
-    progress = Progress("generate-progress", total, "Responses generated")
-    for s in range(cfg.samples_per_prompt):
+    progress = Progress("generate-progress", len(texts) * cfg.samples_per_prompt, "Responses generated")
+    with open_engine(ctx.policy_engine, ctx.policy_model, ctx.runtime) as engine:
+        samples = []
+        for s in range(cfg.samples_per_prompt):
+            samples.append(engine.generate(texts, cfg.sampling, seed=cfg.seed + 7919 * s,
+                                           desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})",
+                                           on_batch=lambda n, done=len(texts) * s: progress(done + n)))
+    for s, gens in enumerate(samples):
         seed = cfg.seed + 7919 * s
-        gens = generate(model, tok, convs, cfg.sampling, seed=seed, batch_size=cfg.batch_size,
-                        desc=f"responses (sample {s + 1}/{cfg.samples_per_prompt})",
-                        on_batch=lambda n, done=len(convs) * s: progress(done + n))
         frames.append(pd.DataFrame({
             "prompt_id": prompts["prompt_id"], "split": prompts["split"], "prompt": prompts["prompt"],
             "response_id": [f"{pid}/s{s}" for pid in prompts["prompt_id"]], "sample_idx": s,
@@ -38,7 +40,7 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
         }))
     path = Store(ctx.data).write("responses", pd.concat(frames, ignore_index=True),
                                  key=f"{ctx.run_id}/responses", lineage=ctx.lineage(),
-                                 metadata={"config": cfg.model_dump()})
+                                 metadata={"config": cfg.model_dump(), "engine": ctx.policy_engine.model_dump()})
     return str(path)
 
 

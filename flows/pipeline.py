@@ -21,6 +21,7 @@ from judges.templates import prompt_markers
 from rlaif.io import write_text_atomic
 from rlaif.models import load_tokenizer, resolve_model
 from rlaif.prompts import load_prompts
+from rlaif.runtime import resolve
 from rlaif.store import Store
 
 
@@ -48,11 +49,13 @@ def prepare_run(config: PipelineConfig) -> RunContext:
             raise RunError(f"--ray-address {config.ray_address!r} needs prefect-ray: "
                            "pip install -e '.[ray]' (make setup installs it)") from None
     Store(config.data).check_writable()
+    resolve(config.device, config.dtype)  # a device this machine lacks fails here, before any work
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
         constitution_path=str(resolve_path(config.constitution).resolve()),
         constitution_sha=constitution.sha, prompts=config.prompts,
-        policy_model=config.policy_model, judge=config.judge,
+        policy_model=config.policy_model, judge=config.judge, policy_engine=config.policy_engine,
+        device=config.device, dtype=config.dtype,
     )
 
 

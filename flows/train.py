@@ -10,7 +10,7 @@ from flows.common import MODEL_TASK, Progress, cached, publish
 from flows.config import RunContext
 from flows.plots import plot_metrics
 from flows.results import PPOResult, RewardResult, SFTResult
-from judges.backends import make_judge
+from judges.judge import make_judge
 from judges.feedback import judge_reward
 from rlaif.models import load_tokenizer
 from rlaif.prompts import assert_no_eval, eval_prompt_ids, fit_to_context, load_prompts
@@ -32,7 +32,8 @@ def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_paths: list[str]) -> SFT
     critiques = store.read_parts("critiques", critiques_paths)
     assert_no_eval(critiques, "sft", eval_prompt_ids(ctx.prompts))
     out = ctx.layout.sft
-    summary, metrics = train_sft(critiques, ctx.policy_model, out, cfg, lineage(ctx, inputs=critiques_paths))
+    summary, metrics = train_sft(critiques, ctx.policy_model, out, cfg, lineage(ctx, inputs=critiques_paths),
+                                 ctx.runtime)
     path = store.write("sft_metrics", pd.DataFrame(metrics).assign(model=str(out)), key=f"{ctx.run_id}/sft_metrics",
                        lineage=ctx.lineage(), metadata={"config": cfg.model_dump(), "inputs": critiques_paths})
     return SFTResult(policy=str(out), sft_metrics=str(path), metrics=summary)
@@ -49,7 +50,7 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
     assert_no_eval(reference, "reward model", held_out)
     out = ctx.layout.reward_model
     summary, metrics = train_reward_model(prefs, reference, ctx.policy_model, out, cfg,
-                                          lineage(ctx, inputs=[*preferences_paths, *responses_paths]))
+                                          lineage(ctx, inputs=[*preferences_paths, *responses_paths]), ctx.runtime)
     df = pd.DataFrame(metrics).assign(reward_model=str(out))
     path = store.write("rm_metrics", df, key=f"{ctx.run_id}/rm_metrics",
                        lineage=ctx.lineage(judge_model=ctx.judge.model), metadata={"config": cfg.model_dump()})
@@ -62,13 +63,18 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> PPOResult:
     prompts = fit_to_context(load_prompts(ctx.prompts, split="train"), load_tokenizer(ctx.policy_model))
     assert_no_eval(prompts, "ppo")
     out = ctx.layout.policy
-    extra, scorer, judge_model = {"reward_source": cfg.reward_source}, None, ""
+    extra, scorer, judge, judge_model = {"reward_source": cfg.reward_source}, None, None, ""
     if cfg.reward_source == "judge":  # d-RLAIF: the judge's direct rating is the reward, passed in
-        scorer = judge_reward(make_judge(ctx.judge), load_constitution(ctx.constitution_path), cfg.seed)
+        judge = make_judge(ctx.judge, ctx.runtime)
+        scorer = judge_reward(judge, load_constitution(ctx.constitution_path), cfg.seed)
         judge_model = extra["judge_model"] = ctx.judge.model
     progress = Progress("ppo-progress", cfg.steps, "PPO steps", ("objective/scores", "objective/kl"))
-    metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage(ctx, **extra),
-                        scorer=scorer, on_step=progress)
+    try:
+        metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage(ctx, **extra),
+                            scorer=scorer, on_step=progress, engine=ctx.policy_engine, runtime=ctx.runtime)
+    finally:
+        if judge is not None:
+            judge.close()
     df = pd.DataFrame(metrics).assign(reward_model=reward_model)
     path = Store(ctx.data).write("ppo_metrics", df, key=f"{ctx.run_id}/ppo_metrics",
                                  lineage=ctx.lineage(judge_model=judge_model), metadata={"config": cfg.model_dump()})

@@ -7,44 +7,22 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from rlaif.config import EMBEDDED_JUDGE, Sampling, StageConfig
+from rlaif.config import EMBEDDED_JUDGE, EngineConfig, Sampling, StageConfig, Transformers
 
 
 class JudgeConfig(StageConfig):
-    """The judge model and the backend it runs on (used by feedback and evaluation)."""
+    """The judge model and the engine it runs on (used by feedback and evaluation)."""
 
     model: str = EMBEDDED_JUDGE
     """Judge model: an embedded model's name (gemma3-270m, smollm2-135m-instruct) or a local HF
-    folder. Its tokenizer and chat template build every judge prompt, whatever the backend."""
+    folder. Its tokenizer and chat template build every judge prompt, whatever the engine."""
     prompt_format: Literal["raw", "chat"] = "raw"
     """How judge questions (preference labels, ratings) reach the model: plain 'User:/Assistant:'
     text, or the model's chat template. Raw text agreed with humans more for both embedded
     judges on 100 pairs (README); critiques and revisions always use the chat template."""
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    """Where the judge runs: in process (transformers, vllm) or over HTTP (openai)."""
-    batch_size: int = 8
-    """transformers: sequences per forward pass or `generate` call."""
-    top_logprobs: int = 20
-    """vllm, openai: next-token alternatives read per answer; an option label outside them
-    makes the pair invalid, with that reason."""
-    vllm_dtype: str = "float32"
-    """vllm: weight dtype. float32 keeps P(A) within 1e-3 of the transformers backend."""
-    vllm_kv_cache_gb: float = 1.0
-    """vllm: memory reserved for the KV cache, in GiB (GPU memory, or RAM on a CPU)."""
-    vllm_enforce_eager: bool = True
-    """vllm: skip graph compilation (start-up 28 s instead of ~100 s on a 2-core CPU)."""
-    base_url: str = "http://127.0.0.1:8000/v1"
-    """openai: the endpoint's base URL."""
-    served_model: str | None = None
-    """openai: the model name the endpoint serves (None: `model`)."""
-    api_key_env: str = "RLAIF_JUDGE_API_KEY"
-    """openai: name of the environment variable holding the API key (unset: no key)."""
-    timeout_s: float = 60.0
-    """openai: per-request timeout, in seconds."""
-    max_retries: int = 4
-    """openai: retries (exponential backoff) on timeouts, 429 and 5xx."""
-    max_concurrency: int = 8
-    """openai: requests in flight at once."""
+    engine: EngineConfig = Transformers()
+    """Where the judge runs: in process (transformers, vllm) or over HTTP (openai), e.g.
+    `judge.engine:vllm` or `judge.engine:openai --judge.engine.base-url ...` on the command line."""
 
 
 class FeedbackConfig(StageConfig):
@@ -72,7 +50,7 @@ class FeedbackConfig(StageConfig):
     """labels: P(A) vs P(B) read after the multiple-choice question, in both orders.
     contrastive: each response's log-likelihood under a principle-following system prompt
     minus under a principle-violating one; P(a better) = sigmoid(score_a - score_b). No
-    positions, so no position bias (transformers backend only)."""
+    positions, so no position bias (transformers and vllm engines)."""
     chain_of_thought: bool = False
     """The judge writes a rationale before the labels are read (CAI's CoT); P(A) is then
     clamped to `cot_clamp`, because a rationale makes the label near-certain."""

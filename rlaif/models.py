@@ -27,6 +27,7 @@ import torch
 from rlaif.config import EMBEDDED_JUDGE, EMBEDDED_MODEL
 from rlaif.io import write_dir_atomic
 from rlaif.paths import rlaif_home
+from rlaif.runtime import CPU, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -167,27 +168,28 @@ def _adapter_base(path: Path) -> str:
     return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def load_causal_lm(name: str | Path, dtype: torch.dtype = torch.float32):
-    """A causal LM in eval mode. An adapter folder loads its base with the adapter applied."""
+def load_causal_lm(name: str | Path, runtime: Runtime = CPU):
+    """A causal LM in eval mode, placed by `runtime`. An adapter folder loads its base with the
+    adapter applied."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name)
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(_adapter_base(path)), dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(_adapter_base(path)), dtype=runtime.dtype)
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype)
+    return runtime.place(model).eval()
 
 
-def load_sequence_scorer(name: str | Path, dtype: torch.dtype = torch.float32):
-    """A backbone with a scalar head (reward and value models)."""
+def load_sequence_scorer(name: str | Path, runtime: Runtime = CPU):
+    """A backbone with a scalar head (reward and value models), placed by `runtime`."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=runtime.dtype)
     tok = load_tokenizer(name)
     model.config.pad_token_id = tok.pad_token_id
-    return model.eval()
+    return runtime.place(model).eval()

@@ -12,6 +12,7 @@ import torch
 from rlaif.io import write_file_atomic
 from rlaif.models import resolve_model
 from rlaif.paths import checkpoint_file
+from rlaif.runtime import Runtime
 from training import TrainingError
 from training.config import PPOConfig
 
@@ -43,11 +44,12 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
 
 class Checkpoint:
     """PPO's resumable state beside the policy folder: the trainable weights of the policy and
-    the critic, the optimizer, the KL coefficient, the RNG state, the step and the metrics so
-    far. Resuming from it continues bit-identically."""
+    the critic, the optimizer, the KL coefficient, the RNG state (CPU, and CUDA on a GPU), the
+    step and the metrics so far. Resuming from it continues bit-identically where the rollout
+    engine is deterministic for a seed."""
 
-    def __init__(self, out_dir: str | Path, identity: dict):
-        self.path, self.identity = checkpoint_file(out_dir), identity
+    def __init__(self, out_dir: str | Path, identity: dict, runtime: Runtime):
+        self.path, self.identity, self.runtime = checkpoint_file(out_dir), identity, runtime
 
     def load(self, steps: int, policy, critic, optimizer) -> tuple[int, float | None, list[dict]]:
         """Restore into the given objects; returns (step, kl_coef, metrics), or (0, None, [])
@@ -55,7 +57,7 @@ class Checkpoint:
         if not self.path.exists():
             return 0, None, []
         try:
-            state = torch.load(self.path, weights_only=False)
+            state = torch.load(self.path, weights_only=False, map_location="cpu")  # load_state_dict places it
         except Exception as e:  # truncated or foreign file
             raise TrainingError(f"ppo: cannot read the checkpoint {self.path} ({type(e).__name__}: {e}); "
                                 "delete it to start over") from e
@@ -68,14 +70,14 @@ class Checkpoint:
         load_trainable_state(policy, state["policy"])
         load_trainable_state(critic, state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        self.runtime.set_rng_state(state["rng"])
         print(f"ppo: resuming from {self.path} at step {state['step']}")
         return state["step"], state["kl_coef"], state["metrics"]
 
     def save(self, step: int, policy, critic, optimizer, kl_coef: float, metrics: list[dict]) -> None:
         state = {"step": step, "identity": self.identity, "policy": trainable_state(policy),
                  "value_model": trainable_state(critic), "optimizer": optimizer.state_dict(),
-                 "kl_coef": kl_coef, "rng": torch.get_rng_state(), "metrics": metrics}
+                 "kl_coef": kl_coef, "rng": self.runtime.rng_state(), "metrics": metrics}
         write_file_atomic(self.path, lambda tmp: torch.save(state, tmp))  # a crash keeps the previous one
 
     def kept(self) -> str:

@@ -35,14 +35,16 @@ def conversation_texts(tokenizer, prompts: list[str], responses: list[str]) -> l
 
 def score_texts(scorer, tokenizer, texts: list[str], max_length: int,
                 batch_size: int = 8) -> torch.Tensor:
-    """Scalar score at the last token of each text (left padding, left truncation). (N,)"""
+    """Scalar score at the last token of each text (left padding, left truncation), on the
+    scorer's device. (N,)"""
     tokenizer.truncation_side = "left"  # keep the end of the response, where the score is read
+    device = next(scorer.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_length, add_special_tokens=False)
+                        truncation=True, max_length=max_length, add_special_tokens=False).to(device)
         out.append(token_values(scorer, enc["input_ids"], enc["attention_mask"])[:, -1])
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
 def lora_config(task_type: str, r: int, alpha: int):

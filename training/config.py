@@ -122,6 +122,10 @@ class PPOConfig(StageConfig):
     """Weight of the value loss."""
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
+    rollout_is_cap: float | None = None
+    """Truncated importance sampling for rollouts from another engine (vLLM): weight each
+    token's policy-gradient term by min(p_trainer / p_engine, cap), e.g. 2.0. None: off (the
+    rollouts count as on-policy; `rollout/logprob_diff` says how far they are from it)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that never emits EOS (0 disables)."""
     reward_source: Literal["reward_model", "judge"] = "reward_model"

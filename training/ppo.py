@@ -5,8 +5,10 @@ model gives a `score`; the per-token KL to the reference (`ref_logprobs`) times 
 the `non_score_reward`. Each implementation detail is a named toggle in PPOConfig.
 
 One iteration:
-  1. rollout: sample responses, then (no grad) policy logprobs, reference logprobs, values, scores
+  1. rollout: the rollout engine (transformers, or vLLM serving the policy's current weights)
+     samples responses; then (no grad) policy logprobs, reference logprobs, values, scores
      (reward-model scores, or the judge's direct 1-10 rating with reward_source="judge");
+     `rollout/logprob_diff` says how far the engine's logprobs are from the trainer's;
   2. rewards: -kl_coef * KL at every token, plus the score at the last response token;
   3. GAE advantages and returns; whiten advantages;
   4. several epochs of clipped policy and value updates over minibatches;
@@ -29,8 +31,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rlaif.generation import chat_text, position_ids, response_mask, sample
+from rlaif.config import EngineConfig, Transformers
+from rlaif.engines import open_engine
+from rlaif.generation import Generation, chat_text, position_ids, response_mask
 from rlaif.models import load_causal_lm, load_sequence_scorer, load_tokenizer, resolve_model
+from rlaif.runtime import CPU, Runtime
 from rlaif.paths import snapshot_dir, snapshot_root
 from training import TrainingError
 from training.checkpoint import Checkpoint, run_identity, snapshot_steps
@@ -97,12 +102,22 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages * mask, (advantages + values) * mask
 
 
+def truncated_is_weights(logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling for rollouts drawn by another engine than the trainer
+    (vLLM's kernels are not the trainer's): min(p_trainer / p_engine, cap) per token. (B, R)"""
+    return torch.exp(logprobs - engine_logprobs).clamp(max=cap)
+
+
 def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, mask,
-               cliprange: float, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Clipped surrogate policy loss and clipped value loss, both masked means."""
+               cliprange: float, cliprange_value: float,
+               is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Clipped surrogate policy loss and clipped value loss, both masked means. `is_weights`
+    (B, R), when given, reweights each token's policy-gradient term (truncated IS)."""
     ratio = torch.exp(logprobs - old_logprobs)
     pg_losses = torch.max(-advantages * ratio,
                           -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange))
+    if is_weights is not None:
+        pg_losses = pg_losses * is_weights
     pg_loss = masked_mean(pg_losses, mask)
     values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     vf_losses = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
@@ -166,6 +181,18 @@ def unpadded(attention_mask: torch.Tensor, query_len: int) -> tuple[slice, int]:
     return slice(start, query_len + response_len), response_len
 
 
+def rollout_tensors(tokenizer, queries: list[str], gens: list[Generation], runtime: Runtime):
+    """An engine's generations as PPO's batch: query_ids and query_mask (B, Q), left-padded as
+    the tokenizer pads; response_ids (B, R), padded after each response's EOS; and the engine's
+    logprobs of the response tokens (B, R), 0 past the end. The same tensors HF `generate` returns."""
+    enc = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
+    R, pad = max(1, max(len(g.token_ids) for g in gens)), tokenizer.pad_token_id
+    response_ids = torch.tensor([g.token_ids + [pad] * (R - len(g.token_ids)) for g in gens])  # (B, R)
+    engine_logprobs = torch.tensor([g.logprobs + [0.0] * (R - len(g.logprobs)) for g in gens])  # (B, R)
+    return (runtime.put(enc["input_ids"]), runtime.put(enc["attention_mask"]), runtime.put(response_ids),
+            runtime.put(engine_logprobs))
+
+
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) -> scores (B,)
 
 
@@ -174,17 +201,18 @@ class Models:
     switched off), and the critic: a value head on the policy's trunk, or a separate value
     model initialised from the reward model."""
 
-    def __init__(self, cfg: PPOConfig, policy_model: str, reward_model: str):
+    def __init__(self, cfg: PPOConfig, policy_model: str, reward_model: str, runtime: Runtime):
         self.cfg = cfg
-        self.policy = make_trainable(load_causal_lm(policy_model), cfg.trainable, "CAUSAL_LM")
+        self.policy = make_trainable(load_causal_lm(policy_model, runtime), cfg.trainable, "CAUSAL_LM")
         lora = cfg.trainable.method == "lora"
-        self.reference = None if lora else load_causal_lm(policy_model).requires_grad_(False)
+        self.reference = None if lora else load_causal_lm(policy_model, runtime).requires_grad_(False)
         self.value_model = None
         if cfg.shared_value_head:
             self.critic = torch.nn.Linear(self.policy.config.hidden_size, 1)  # the value head
             torch.nn.init.zeros_(self.critic.weight), torch.nn.init.zeros_(self.critic.bias)  # no value yet
+            self.critic = runtime.place(self.critic)
         else:
-            self.value_model = make_trainable(load_sequence_scorer(reward_model), cfg.trainable, "SEQ_CLS")
+            self.value_model = make_trainable(load_sequence_scorer(reward_model, runtime), cfg.trainable, "SEQ_CLS")
             self.critic = self.value_model
         self.params = [p for m in (self.policy, self.critic) for p in m.parameters() if p.requires_grad]
 
@@ -211,28 +239,34 @@ class Models:
 
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
               cfg: PPOConfig, lineage: dict, scorer: Scorer | None = None,
-              on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+              on_step: Callable[[int, dict], None] | None = None,
+              engine: EngineConfig = Transformers(), runtime: Runtime = CPU) -> list[dict]:
     """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics.
 
     `scorer` replaces the reward model's scores (the judge's, passed in by the flow, or a
     programmatic reward in tests); a separate value model still starts from `reward_model`.
-    `on_step(steps_done, metrics)` is called after every step.
+    `on_step(steps_done, metrics)` is called after every step. `engine` samples the rollouts
+    (the transformers engine runs the policy being trained itself; a vllm engine is handed its
+    weights before every rollout); `runtime` places every model and tensor.
     """
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
     if cfg.reward_source == "judge" and scorer is None:
         raise TrainingError("ppo: reward_source='judge' needs a judge scorer (judges.feedback.judge_reward)")
+    if engine.kind == "openai":
+        raise TrainingError("ppo: rollouts need an in-process engine (transformers or vllm): an HTTP "
+                            "endpoint cannot serve the policy's weights as they change")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
     eos = tok.eos_token_id
-    m = Models(cfg, policy_model, reward_model)
-    scorer = scorer or RewardModel(reward_model).score  # normalised on the reference policy
+    m = Models(cfg, policy_model, reward_model, runtime)
+    scorer = scorer or RewardModel(reward_model, runtime).score  # normalised on the reference policy
     optimizer = torch.optim.AdamW(m.params, lr=cfg.lr, eps=1e-5)
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = torch.randperm(len(prompts), generator=runtime.generator(cfg.seed)).tolist()
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
-    ckpt = Checkpoint(out_dir, run_identity(cfg, policy_model, reward_model, prompts))
+    ckpt = Checkpoint(out_dir, run_identity(cfg, policy_model, reward_model, prompts), runtime)
     start, kl_coef, metrics = ckpt.load(cfg.steps, m.policy, m.critic, optimizer)
     kl_ctl.value = kl_coef if kl_coef is not None else kl_ctl.value
     if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
@@ -246,95 +280,107 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                              "reward_model": str(reward_model), "step": steps_done,
                              "prompt_ids": prompts["prompt_id"].tolist()}}, still_training)
 
-    for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
-        t0 = time.perf_counter()
-        idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
-        batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
+    lora_rank = cfg.trainable.lora_r if cfg.trainable.method == "lora" else None
+    with open_engine(engine, policy_model, runtime, module=m.policy, lora_rank=lora_rank) as rollout_engine:
+        for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
+            t0 = time.perf_counter()
+            idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
+            batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
-        # 1. rollout: sample, then (no grad) logprobs, reference logprobs, values and scores
-        m.train(False)
-        query_ids, query_mask, response_ids = sample(m.policy, tok, [queries[i] for i in idx], cfg.sampling,
-                                                     seed=cfg.seed * 100_003 + step)
-        Q, R = query_ids.shape[1], response_ids.shape[1]
-        mask = response_mask(response_ids, eos).float()  # (B, R)
-        query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
-        attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
-        with torch.inference_mode():
-            logits, values = m.forward(query_response, attn, R)  # (B, R, V), (B, R)
-            logprobs = logprobs_from_logits(logits, response_ids)  # (B, R)
-            entropy = masked_mean(-(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1), mask)
-            del logits
-            ref_logprobs = logprobs_from_logits(m.ref_logits(query_response, attn, R), response_ids)  # (B, R)
-            texts = [tok.decode(r[:int(k.sum())], skip_special_tokens=True).strip() for r, k in zip(response_ids, mask)]
-            try:
-                scores = scorer(batch_prompts, texts).float()  # (B,)
-            except Exception as e:  # a judge that times out or answers garbage
-                raise TrainingError(f"ppo: scoring failed at step {step}: {e} ({ckpt.kept()})") from e
-            has_eos = ((response_ids == eos) & mask.bool()).any(1)
-            scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-        if not torch.isfinite(scores).all():
-            raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping ({ckpt.kept()})")
+            # 1. rollout: the engine samples from the current policy; then (no grad) logprobs,
+            #    reference logprobs, values and scores
+            m.train(False)
+            rollout_engine.sync(m.policy, step + 1)  # vLLM: this step's adapter or weights
+            gens = rollout_engine.generate([queries[i] for i in idx], cfg.sampling, seed=cfg.seed * 100_003 + step,
+                                           logprobs=True, desc=f"rollout {step + 1}")
+            query_ids, query_mask, response_ids, engine_logprobs = rollout_tensors(
+                tok, [queries[i] for i in idx], gens, runtime)
+            Q, R = query_ids.shape[1], response_ids.shape[1]
+            mask = response_mask(response_ids, eos).float()  # (B, R)
+            query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
+            attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
+            with torch.inference_mode():
+                logits, values = m.forward(query_response, attn, R)  # (B, R, V), (B, R)
+                logprobs = logprobs_from_logits(logits, response_ids)  # (B, R)
+                entropy = masked_mean(-(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1), mask)
+                del logits
+                ref_logprobs = logprobs_from_logits(m.ref_logits(query_response, attn, R), response_ids)  # (B, R)
+                texts = [g.text for g in gens]
+                try:
+                    scores = scorer(batch_prompts, texts).float().to(runtime.device)  # (B,)
+                except Exception as e:  # a judge that times out or answers garbage
+                    raise TrainingError(f"ppo: scoring failed at step {step}: {e} ({ckpt.kept()})") from e
+                has_eos = ((response_ids == eos) & mask.bool()).any(1)
+                scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+            # how far the engine's sampling distribution is from the trainer's (off-policy-ness)
+            logprob_diff = masked_mean((logprobs - engine_logprobs).abs(), mask).item()
+            is_weights = (truncated_is_weights(logprobs, engine_logprobs, cfg.rollout_is_cap)
+                          if cfg.rollout_is_cap else None)
+            if not torch.isfinite(scores).all():
+                raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping ({ckpt.kept()})")
 
-        # 2. rewards: the KL penalty at every token, the score at the last one
-        kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
-        rewards, non_score_reward = compute_rewards(scores, kl, mask, kl_ctl.value)
-        if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            # 2. rewards: the KL penalty at every token, the score at the last one
+            kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
+            rewards, non_score_reward = compute_rewards(scores, kl, mask, kl_ctl.value)
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
 
-        # 3. advantages
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            # 3. advantages
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO epochs over minibatches, each without its own padding columns
-        m.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            for mb in torch.randperm(cfg.batch_size, generator=gen).split(cfg.mini_batch_size):
-                cols, r = unpadded(attn[mb], Q)
-                new_logits, new_values = m.forward(query_response[mb][:, cols], attn[mb][:, cols], r)
-                new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
-                pg_loss, vf_loss, mb_stats = ppo_losses(
-                    new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
-                    returns[mb, :r], mask[mb, :r], cfg.cliprange, cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({ckpt.kept()})")
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
-                optimizer.step()
-                for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
-                    stats.setdefault(k, []).append(v)
+            # 4. PPO epochs over minibatches, each without its own padding columns
+            m.train()
+            gen = runtime.generator(cfg.seed * 7919 + step)
+            stats: dict[str, list[float]] = {}
+            for _ in range(cfg.ppo_epochs):
+                for mb in torch.randperm(cfg.batch_size, generator=gen).split(cfg.mini_batch_size):
+                    cols, r = unpadded(attn[mb], Q)
+                    new_logits, new_values = m.forward(query_response[mb][:, cols], attn[mb][:, cols], r)
+                    new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
+                    pg_loss, vf_loss, mb_stats = ppo_losses(
+                        new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
+                        returns[mb, :r], mask[mb, :r], cfg.cliprange, cfg.cliprange_value,
+                        None if is_weights is None else is_weights[mb, :r])
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({ckpt.kept()})")
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
+                    optimizer.step()
+                    for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
+                        stats.setdefault(k, []).append(v)
 
-        # 5. KL control, logging, checkpoint and snapshot
-        mean_kl = kl.sum(1).mean().item()
-        step_metrics = {
-            "objective/kl": mean_kl,
-            "objective/kl_coef": kl_ctl.value,
-            "objective/scores": scores.mean().item(),
-            "objective/non_score_reward": non_score_reward.sum(1).mean().item(),
-            "objective/rlhf_reward": (scores + non_score_reward.sum(1)).mean().item(),
-            "objective/entropy": entropy.item(),
-            "ppo/mean_response_length": mask.sum(1).mean().item(),
-            "ppo/eos_fraction": has_eos.float().mean().item(),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
-            "time/step_seconds": time.perf_counter() - t0,
-        }
-        if bad := [k for k, v in step_metrics.items() if not math.isfinite(v)]:
-            raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({ckpt.kept()})")
-        kl_ctl.update(mean_kl, cfg.batch_size)
-        metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in step_metrics.items()]
-        metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
-                     "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
-                    for i in range(min(cfg.n_samples_logged, len(texts)))]
-        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics)
-        if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
-            save(snapshot_dir(out_dir, step + 1), step + 1, still_training=True)
-        if on_step:  # e.g. a progress artifact in the Prefect UI
-            on_step(step + 1, step_metrics)
+            # 5. KL control, logging, checkpoint and snapshot
+            mean_kl = kl.sum(1).mean().item()
+            step_metrics = {
+                "objective/kl": mean_kl,
+                "objective/kl_coef": kl_ctl.value,
+                "objective/scores": scores.mean().item(),
+                "objective/non_score_reward": non_score_reward.sum(1).mean().item(),
+                "objective/rlhf_reward": (scores + non_score_reward.sum(1)).mean().item(),
+                "objective/entropy": entropy.item(),
+                "ppo/mean_response_length": mask.sum(1).mean().item(),
+                "ppo/eos_fraction": has_eos.float().mean().item(),
+                "rollout/logprob_diff": logprob_diff,
+                **{k: sum(v) / len(v) for k, v in stats.items()},
+                "time/step_seconds": time.perf_counter() - t0,
+            }
+            if bad := [k for k, v in step_metrics.items() if not math.isfinite(v)]:
+                raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({ckpt.kept()})")
+            kl_ctl.update(mean_kl, cfg.batch_size)
+            metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in step_metrics.items()]
+            metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
+                         "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
+                        for i in range(min(cfg.n_samples_logged, len(texts)))]
+            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics)
+            if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
+                save(snapshot_dir(out_dir, step + 1), step + 1, still_training=True)
+            if on_step:  # e.g. a progress artifact in the Prefect UI
+                on_step(step + 1, step_metrics)
 
     save(out_dir, cfg.steps, still_training=False)
     return metrics

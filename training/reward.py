@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rlaif.models import load_sequence_scorer, load_tokenizer
+from rlaif.runtime import CPU, Runtime
 from training import TrainingError
 from training.common import conversation_texts, make_trainable, save_model, score_texts, token_values
 from training.config import RewardConfig
@@ -58,7 +59,8 @@ def split_by_prompt(df: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[
 # ---------------------------------------------------------------- training
 
 def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, base_model: str,
-                       out_dir: Path, cfg: RewardConfig, lineage: dict) -> tuple[dict, list[dict]]:
+                       out_dir: Path, cfg: RewardConfig, lineage: dict,
+                       runtime: Runtime = CPU) -> tuple[dict, list[dict]]:
     """Train, evaluate, normalise and save. Returns (summary, metric rows for rm_metrics)."""
     prefs = prefs[prefs["valid"]].reset_index(drop=True)
     if prefs.empty:
@@ -67,10 +69,10 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(base_model)
     tok.truncation_side = "left"  # keep the end of the response, where the score is read
-    model = make_trainable(load_sequence_scorer(base_model), cfg.trainable, "SEQ_CLS")
+    model = make_trainable(load_sequence_scorer(base_model, runtime), cfg.trainable, "SEQ_CLS")
     chosen = conversation_texts(tok, train["prompt"], train["chosen"])
     rejected = conversation_texts(tok, train["prompt"], train["rejected"])
-    p_label = torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32)
+    p_label = runtime.put(torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32))
     # a pair's padded width in a batch is that of its longer response
     n_tokens = [min(max(len(c), len(r)), cfg.max_length) for c, r in
                 zip(*(tok(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)))]
@@ -81,8 +83,8 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
         return order.split(cfg.batch_size)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        enc = tok([chosen[i] for i in idx] + [rejected[i] for i in idx], return_tensors="pt", padding=True,
-                  truncation=True, max_length=cfg.max_length, add_special_tokens=False)
+        enc = runtime.put(tok([chosen[i] for i in idx] + [rejected[i] for i in idx], return_tensors="pt",
+                              padding=True, truncation=True, max_length=cfg.max_length, add_special_tokens=False))
         r = token_values(model, enc["input_ids"], enc["attention_mask"])[:, -1]  # (2B,) chosen, then rejected
         return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef)
 
@@ -97,7 +99,7 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
             rc = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["chosen"]), cfg.max_length)
             rr = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["rejected"]), cfg.max_length)
             summary["rm/accuracy"] = float((rc > rr).float().mean())
-            summary["rm/ece"] = expected_calibration_error(torch.sigmoid(rc - rr).numpy(),
+            summary["rm/ece"] = expected_calibration_error(torch.sigmoid(rc - rr).float().cpu().numpy(),
                                                            held["p_chosen"].to_numpy())
         ref = score_texts(model, tok, conversation_texts(tok, reference_responses["prompt"],
                                                          reference_responses["response"]), cfg.max_length)
@@ -119,9 +121,9 @@ class RewardModel:
     """A trained reward model with its normalisation, for PPO and evaluation. It scores with
     the max_length it was trained with (its saved rlaif_config.json)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, runtime: Runtime = CPU):
         self.path = Path(path)
-        self.model = load_sequence_scorer(self.path)
+        self.model = load_sequence_scorer(self.path, runtime)
         self.tokenizer = load_tokenizer(self.path)
         self.norm = json.loads((self.path / "normalization.json").read_text())
         saved = self.path / "rlaif_config.json"
@@ -133,7 +135,8 @@ class RewardModel:
 
     @torch.inference_mode()
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """Normalised scores: mean 0, std 1 on the reference policy's responses. (N,)"""
+        """Normalised scores: mean 0, std 1 on the reference policy's responses, in float32 on
+        the CPU. (N,)"""
         raw = score_texts(self.model, self.tokenizer,
                           conversation_texts(self.tokenizer, prompts, responses), self.max_length)
-        return raw * self.norm["gain"] + self.norm["bias"]
+        return raw.float().cpu() * self.norm["gain"] + self.norm["bias"]

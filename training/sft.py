@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from rlaif.generation import chat_text
 from rlaif.models import load_causal_lm, load_tokenizer, resolve_model
+from rlaif.runtime import CPU, Runtime
 from training import TrainingError
 from training.common import make_trainable, save_model
 from training.config import SFTConfig
@@ -101,14 +102,14 @@ def tokenize_examples(tok, prompts: list[str], responses: list[str],
 # ---------------------------------------------------------------- training
 
 def train_sft(critiques: pd.DataFrame, policy_model: str, out_dir: Path, cfg: SFTConfig,
-              lineage: dict) -> tuple[dict, list[dict]]:
+              lineage: dict, runtime: Runtime = CPU) -> tuple[dict, list[dict]]:
     """Fine-tune on the final revisions and save a merged causal LM. Returns (summary, metric rows)."""
     data = final_revisions(critiques)
     if cfg.batch_size < 1:
         raise TrainingError(f"sft: batch_size={cfg.batch_size}: no training step")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
-    model = make_trainable(load_causal_lm(policy_model), cfg.trainable, "CAUSAL_LM")
+    model = make_trainable(load_causal_lm(policy_model, runtime), cfg.trainable, "CAUSAL_LM")
     examples = tokenize_examples(tok, data["prompt"].tolist(), data["revision"].tolist(), cfg.max_length)
 
     def batches(gen: torch.Generator):
@@ -117,6 +118,7 @@ def train_sft(critiques: pd.DataFrame, policy_model: str, out_dir: Path, cfg: SF
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         input_ids, attention_mask, prompt_lengths = collate([examples[i] for i in idx], tok.pad_token_id)
         labels = sft_labels(input_ids, prompt_lengths, attention_mask)  # (B, T)
+        input_ids, attention_mask, labels = runtime.put(input_ids), runtime.put(attention_mask), runtime.put(labels)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
         # position t predicts token t+1; mean over every response token in the batch
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)

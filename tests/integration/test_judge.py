@@ -7,8 +7,10 @@ import pytest
 from constitution import load_constitution
 from pydantic import ValidationError
 
-from judges.backends import JudgeError, TransformersJudge, label_token_ids
 from judges.config import FeedbackConfig, JudgeConfig
+from judges.judge import make_judge
+from rlaif.config import Openai, Transformers, VLLM
+from rlaif.engines import EngineError, label_token_ids
 from judges.feedback import (critique_and_revise, expected_rating, label_preferences,
                              make_pairs, make_revision_pairs)
 from judges.templates import ANSWER_PREFIX, LABELS, RATING_PREFIX, preference_messages
@@ -17,7 +19,7 @@ from rlaif.models import load_tokenizer
 
 @pytest.fixture(scope="module")
 def judge(tiny_model_dir):
-    return TransformersJudge(JudgeConfig(model=str(tiny_model_dir), batch_size=3))
+    return make_judge(JudgeConfig(model=str(tiny_model_dir), engine=Transformers(batch_size=3)))
 
 
 def p_a(judge, convs):
@@ -33,7 +35,7 @@ def test_label_tokens_are_single_tokens(tiny_model_dir):
 
 
 def test_tokenizer_without_single_token_labels_is_rejected(tiny_model_dir):
-    with pytest.raises(JudgeError, match="option label '10' is not a single token after 'Rating: '"):
+    with pytest.raises(EngineError, match="option label '10' is not a single token after 'Rating: '"):
         label_token_ids(load_tokenizer(tiny_model_dir), RATING_PREFIX, ["10"])
 
 
@@ -43,14 +45,21 @@ def test_option_probs_are_padding_aware(judge):
     batched = p_a(judge, convs)
     one_by_one = np.concatenate([p_a(judge, [c]) for c in convs])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
-    in_order = TransformersJudge(judge.cfg, sort_by_length=False)
-    np.testing.assert_allclose(batched, p_a(in_order, convs), atol=1e-5)
+    judge.engine.sort_by_length = False
+    try:
+        np.testing.assert_allclose(batched, p_a(judge, convs), atol=1e-5)
+    finally:
+        judge.engine.sort_by_length = True
     assert ((batched > 0) & (batched < 1)).all()
 
 
-def test_unknown_backend_is_a_config_error():
-    with pytest.raises(ValidationError, match="backend"):
-        JudgeConfig(backend="nope")
+def test_unknown_engine_is_a_config_error():
+    with pytest.raises(ValidationError, match="kind"):
+        JudgeConfig(engine={"kind": "nope"})
+    # a partial engine mapping of another kind starts from that kind's defaults
+    assert JudgeConfig(engine={"kind": "vllm", "kv_cache_gb": 2}).engine == VLLM(kv_cache_gb=2)
+    with pytest.raises(ValidationError, match="batch_size"):  # a transformers setting on a vllm engine
+        JudgeConfig(engine={"kind": "vllm", "batch_size": 2})
 
 
 def test_expected_rating_maps_one_to_ten_onto_minus_one_to_one():
@@ -138,7 +147,7 @@ def test_continuation_logprob_matches_one_sequence_at_a_time(judge):
         ids = judge.tokenizer.encode(c + r, add_special_tokens=False)
         n = len(judge.tokenizer.encode(r, add_special_tokens=False))
         with torch.no_grad():
-            logp = torch.log_softmax(judge.model(torch.tensor([ids])).logits[0, :-1], -1)
+            logp = torch.log_softmax(judge.engine.module(torch.tensor([ids])).logits[0, :-1], -1)
         want = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][-n:].sum().item()
         assert got == pytest.approx(want, abs=1e-4)
 
@@ -156,28 +165,26 @@ def test_contrastive_scoring_is_order_free(judge):
 
 
 def test_judge_questions_are_raw_text_by_default_or_the_chat_template():
-    from judges.backends import Judge
+    from judges.judge import Judge
     from judges.templates import raw_prompt
+    from rlaif.engines import Engine
     from rlaif.models import EMBEDDED_JUDGE
+    from rlaif.runtime import CPU
 
     conv = preference_messages(load_constitution("harmless").principles[0], "q?", "a", "b")
-    gemma = Judge(JudgeConfig(model=EMBEDDED_JUDGE))  # tokenizer only
+    tokenizer_only = Engine(EMBEDDED_JUDGE, load_tokenizer(EMBEDDED_JUDGE), CPU)  # asking needs no model
+    gemma = Judge(JudgeConfig(model=EMBEDDED_JUDGE), tokenizer_only)
     assert gemma.ask(conv) == raw_prompt(conv) and raw_prompt(conv).startswith("User: Consider")
-    chat = Judge(JudgeConfig(model=EMBEDDED_JUDGE, prompt_format="chat"))
+    chat = Judge(JudgeConfig(model=EMBEDDED_JUDGE, prompt_format="chat"), tokenizer_only)
     assert chat.ask(conv).startswith("<bos><start_of_turn>user\n") and chat.ask(conv) == chat.chat(conv)
 
 
-def test_the_policy_writes_critiques_on_an_in_process_backend():
+def test_each_critic_writes_on_its_own_engine():
     from flows.feedback import critic_config
     from flows.config import RunContext
 
-    def ctx(backend):
-        return RunContext(run_id="r", data="d", constitution_path="c", constitution_sha="s", prompts=None,
-                          policy_model="policy-dir", judge=JudgeConfig(model="judge-dir", backend=backend))
-
-    assert critic_config(ctx("vllm"), FeedbackConfig()).model_dump() == {
-        **ctx("vllm").judge.model_dump(), "model": "policy-dir"}
-    # an HTTP endpoint serves the judge, not the policy
-    assert (critic_config(ctx("openai"), FeedbackConfig()).backend, critic_config(ctx("openai"), FeedbackConfig()).model) == (
-        "transformers", "policy-dir")
-    assert critic_config(ctx("openai"), FeedbackConfig(critic="judge")) == ctx("openai").judge
+    ctx = RunContext(run_id="r", data="d", constitution_path="c", constitution_sha="s", prompts=None,
+                     policy_model="policy-dir", policy_engine=VLLM(), judge=JudgeConfig(model="judge-dir", engine=Openai()))
+    policy = critic_config(ctx, FeedbackConfig())
+    assert (policy.model, policy.engine) == ("policy-dir", VLLM())  # not the judge's HTTP endpoint
+    assert critic_config(ctx, FeedbackConfig(critic="judge")) == ctx.judge

@@ -1,8 +1,8 @@
-"""The openai backend's failure handling, against a real HTTP server on loopback.
+"""The openai engine's failure handling, against a real HTTP server on loopback.
 
 A real `vllm serve` never answers with 500s, garbage JSON or missing logprobs on demand, so
 a small stand-in completions endpoint (below) plays a misbehaving server. The prompt text
-tells it how to misbehave. The backend's agreement with a real `vllm serve` is tested in
+tells it how to misbehave. The engine's agreement with a real `vllm serve` is tested in
 test_vllm.py.
 """
 
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from constitution import load_constitution
-from judges.backends import JudgeError, make_judge
+from judges.judge import JudgeError, make_judge
 from judges.config import FeedbackConfig, JudgeConfig
 from judges.feedback import label_preferences
-from rlaif.config import Sampling
+from rlaif.config import Openai, Sampling
 
 KEY = "sk-test-planted-7f3a9c"
 
@@ -99,8 +99,9 @@ def pairs(modes):
 
 def test_failures_mark_pairs_invalid_with_a_reason(endpoint, tiny_model_dir, monkeypatch, caplog):
     monkeypatch.setenv("RLAIF_TEST_KEY", KEY)
-    cfg = JudgeConfig(model=str(tiny_model_dir), backend="openai", base_url=endpoint, served_model="judge",
-                      api_key_env="RLAIF_TEST_KEY", timeout_s=1.0, max_retries=1, max_concurrency=3)
+    cfg = JudgeConfig(model=str(tiny_model_dir), engine=Openai(
+        base_url=endpoint, served_model="judge", api_key_env="RLAIF_TEST_KEY", timeout_s=1.0, max_retries=1,
+        max_concurrency=3))
     judge = make_judge(cfg)
     modes = ["good", "flaky", "http500", "badjson", "nologprobs", "nolabel", "slow"]
     out = label_preferences(judge, pairs(modes), load_constitution("harmless"), FeedbackConfig())
@@ -124,6 +125,6 @@ def test_failures_mark_pairs_invalid_with_a_reason(endpoint, tiny_model_dir, mon
 
 
 def test_generation_failure_is_an_error_naming_the_status(endpoint, tiny_model_dir):
-    cfg = JudgeConfig(model=str(tiny_model_dir), backend="openai", base_url=endpoint, max_retries=0)
+    cfg = JudgeConfig(model=str(tiny_model_dir), engine=Openai(base_url=endpoint, max_retries=0))
     with pytest.raises(JudgeError, match=r"InternalServerError \(HTTP 500\)"):
         make_judge(cfg).complete(["MODE=http500"], sampling=Sampling(max_new_tokens=4, temperature=0.0), seed=0)

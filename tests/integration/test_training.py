@@ -127,6 +127,8 @@ def test_ppo_updates_the_policy_and_logs_every_metric(tiny_model_dir, reward_mod
         vals = metrics.loc[metrics["metric"] == name, "value"]
         assert len(vals) == 2 and np.isfinite(vals).all(), name
     assert (metrics["metric"] == "sample/response").sum() == 4
+    # the transformers engine samples with the policy being trained: its logprobs are the trainer's
+    assert metrics.loc[metrics["metric"] == "rollout/logprob_diff", "value"].max() < 1e-4
     # the first step's reference is the policy itself (adapter starts at zero): KL is 0
     assert metrics.query("step == 0 and metric == 'objective/kl'")["value"].item() == pytest.approx(0, abs=1e-4)
     cfg_saved = json.loads((out / "rlaif_config.json").read_text())
@@ -223,7 +225,7 @@ def test_ppo_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir,
 
 def test_ppo_with_the_judge_as_reward(tiny_model_dir, reward_model_dir, tmp_path):
     from constitution import load_constitution
-    from judges.backends import make_judge
+    from judges.judge import make_judge
     from judges.config import JudgeConfig
     from judges.feedback import judge_reward
 
@@ -277,7 +279,9 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
 
     # Snapshots for the over-optimisation curve, spread over the run, each a loadable policy.
     from evaluation.evaluate import sequence_kl
-    from rlaif.generation import generate
+    from rlaif.config import Transformers
+    from rlaif.engines import make_engine
+    from rlaif.generation import chat_text
     from rlaif.models import load_causal_lm
     from rlaif.paths import snapshot_dirs
 
@@ -287,16 +291,17 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     # its last steps; the reference against itself is exactly 0.
     prompts = load_prompts(split="train", limit=32)
     policy, ref = load_causal_lm(tmp_path / "p"), load_causal_lm(peaked_tiny_model_dir)
+    queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
 
     def mean_reward(model) -> float:  # on 8 fresh samples per prompt: the per-step scores are too noisy
-        gens = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]] * 8,
-                        cfg.sampling, seed=11, batch_size=64)
+        gens = make_engine(Transformers(batch_size=64), peaked_tiny_model_dir, module=model).generate(
+            queries * 8, cfg.sampling, seed=11)
         return share_of_good_tokens(None, [g.text for g in gens]).mean().item()
 
     # 5 seeds gave gains of 0.04-0.11 (0.06-0.09 with a separate value model)
     assert mean_reward(policy) >= mean_reward(ref) + 0.03
-    gens = generate(policy, tok, [[{"role": "user", "content": p}] for p in prompts["prompt"]],
-                    cfg.sampling, seed=5, batch_size=32)
+    gens = make_engine(Transformers(batch_size=32), peaked_tiny_model_dir, module=policy).generate(
+        queries, cfg.sampling, seed=5)
     kl_eval = sequence_kl(policy, ref, tok, list(prompts["prompt"]), gens, cfg.sampling.temperature)
     ppo_kl = per_step["objective/kl"].iloc[-3:].mean()
     print(f"held-out KL {kl_eval.mean():.3f} vs PPO's last steps {ppo_kl:.3f}")

