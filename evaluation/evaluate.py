@@ -128,14 +128,17 @@ def harmless_scores(judge, constitution: Constitution, prompts: pd.DataFrame, re
     return np.where([e is None for e in errors], scores, np.nan)
 
 
-def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[int, str]], judge,
+def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[int, str]], open_judge,
              constitution: Constitution, reward_model: str, cfg: EvalConfig,
              policy_engine: EngineConfig = Transformers(), runtime: Runtime = CPU,
              ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """`policies`: (PPO step, model) pairs, the last one the final policy. Returns the per-
     prompt rows of every policy, the final policy's summary, and the curve (one row per
-    point, the reference at step 0 and KL 0). Each policy samples on its own `policy_engine`
-    (one per model, shut down before the next); the KL is read in process."""
+    point, the reference at step 0 and KL 0).
+
+    Two phases, so one engine runs at a time: every policy samples on its own `policy_engine`
+    (shut down before the next), with its KL and reward-model scores read in process; then one
+    judge, from `open_judge()` (a context manager), compares them all."""
     if (prompts["split"] != "eval").any():
         raise AssertionError("evaluate: only held-out eval prompts may be used")
     if prompts.empty:
@@ -144,49 +147,56 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
     tok = load_tokenizer(reference_model)
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompt_list]
     reference = load_causal_lm(reference_model, runtime)
+    rm = RewardModel(reward_model, runtime)
 
     def sample(name: str, module, desc: str) -> list:
         with open_engine(policy_engine, name, runtime, module=module) as engine:
             return engine.generate(queries, cfg.sampling, seed=cfg.seed, desc=desc)
 
+    # 1. sample: the reference, then each policy, with its KL to the reference and its RM score
     ref_gens = sample(reference_model, reference, "eval: reference")
     ref_texts = [g.text for g in ref_gens]
-    rm = RewardModel(reward_model, runtime)
     ref_rm = rm.score(prompt_list, ref_texts).numpy()
-    ref_harmless = (harmless_scores(judge, constitution, prompts, ref_texts, cfg.seed)
-                    if cfg.harmlessness else np.full(len(prompts), np.nan))
-
-    frames, curve = [], [{"step": 0, "policy": reference_model, "kl": 0.0, "rm_score": float(ref_rm.mean()),
-                          "win_rate": 0.5, "ci_low": float("nan"), "ci_high": float("nan")}]
-    for i, (step, name) in enumerate(tqdm(policies, desc="eval: policies", unit="policy")):
-        final = i == len(policies) - 1
+    sampled = []
+    for step, name in tqdm(policies, desc="eval: policies", unit="policy"):
         policy = load_causal_lm(name, runtime)
         gens = sample(name, policy, f"eval: policy step {step}")
-        texts = [g.text for g in gens]
         kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size, runtime)
         del policy
-        pairs = pd.DataFrame({"pair_id": prompts["prompt_id"], "prompt_id": prompts["prompt_id"],
-                              "prompt": prompts["prompt"], "response_a": texts, "response_b": ref_texts})
-        labels = label_preferences(judge, pairs, constitution, FeedbackConfig(seed=cfg.seed))
-        rows = pd.DataFrame({
-            "prompt_id": prompts["prompt_id"].values, "prompt": prompts["prompt"].values,
-            "policy": name, "policy_step": step, "final": final,
-            "policy_response": texts, "reference_response": ref_texts,
-            "p_policy_better": labels["p_a"].values, "position_consistent": labels["position_consistent"].values,
-            "valid": labels["valid"].values,
-            "policy_score": rm.score(prompt_list, texts).numpy(), "reference_score": ref_rm,
-            "policy_n_tokens": [g.n_tokens for g in gens], "reference_n_tokens": [g.n_tokens for g in ref_gens],
-            "policy_kl": kl,
-            "policy_harmless": (harmless_scores(judge, constitution, prompts, texts, cfg.seed)
-                                if final and cfg.harmlessness else np.nan),
-            "reference_harmless": ref_harmless if final else np.nan,
-            "reward_model": reward_model,
-        })
-        frames.append(rows)
-        valid = rows[rows["valid"]]
-        wr = win_rate(valid["p_policy_better"], valid["position_consistent"])
-        curve.append({"step": step, "policy": name, "kl": float(kl.mean()), "rm_score": float(rows["policy_score"].mean()),
-                      "win_rate": wr["win_rate"], "ci_low": wr["ci_low"], "ci_high": wr["ci_high"]})
+        sampled.append((step, name, gens, kl, rm.score(prompt_list, [g.text for g in gens]).numpy()))
+    del reference, rm
+
+    # 2. judge: every policy against the reference, one judge for all
+    frames, curve = [], [{"step": 0, "policy": reference_model, "kl": 0.0, "rm_score": float(ref_rm.mean()),
+                          "win_rate": 0.5, "ci_low": float("nan"), "ci_high": float("nan")}]
+    with open_judge() as judge:
+        ref_harmless = (harmless_scores(judge, constitution, prompts, ref_texts, cfg.seed)
+                        if cfg.harmlessness else np.full(len(prompts), np.nan))
+        for i, (step, name, gens, kl, rm_scores) in enumerate(sampled):
+            final = i == len(sampled) - 1
+            texts = [g.text for g in gens]
+            pairs = pd.DataFrame({"pair_id": prompts["prompt_id"], "prompt_id": prompts["prompt_id"],
+                                  "prompt": prompts["prompt"], "response_a": texts, "response_b": ref_texts})
+            labels = label_preferences(judge, pairs, constitution, FeedbackConfig(seed=cfg.seed))
+            rows = pd.DataFrame({
+                "prompt_id": prompts["prompt_id"].values, "prompt": prompts["prompt"].values,
+                "policy": name, "policy_step": step, "final": final,
+                "policy_response": texts, "reference_response": ref_texts,
+                "p_policy_better": labels["p_a"].values, "position_consistent": labels["position_consistent"].values,
+                "valid": labels["valid"].values,
+                "policy_score": rm_scores, "reference_score": ref_rm,
+                "policy_n_tokens": [g.n_tokens for g in gens], "reference_n_tokens": [g.n_tokens for g in ref_gens],
+                "policy_kl": kl,
+                "policy_harmless": (harmless_scores(judge, constitution, prompts, texts, cfg.seed)
+                                    if final and cfg.harmlessness else np.nan),
+                "reference_harmless": ref_harmless if final else np.nan,
+                "reward_model": reward_model,
+            })
+            frames.append(rows)
+            valid = rows[rows["valid"]]
+            wr = win_rate(valid["p_policy_better"], valid["position_consistent"])
+            curve.append({"step": step, "policy": name, "kl": float(kl.mean()), "rm_score": float(rm_scores.mean()),
+                          "win_rate": wr["win_rate"], "ci_low": wr["ci_low"], "ci_high": wr["ci_high"]})
     rows = pd.concat(frames, ignore_index=True)
     curve = pd.DataFrame(curve)
     return rows, summarise(rows[rows["final"]], curve, cfg), curve

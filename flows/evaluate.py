@@ -36,10 +36,9 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
     prompts = fit_to_context(load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts),
                              load_tokenizer(ctx.policy_model))
     snapshots = [(step, str(p)) for step, p in snapshot_dirs(policy)] if cfg.snapshots else []
-    with make_judge(ctx.judge, ctx.runtime) as judge:
-        rows, summary, curve = evaluate(prompts, ctx.policy_model, [*snapshots, (policy_step(policy), policy)],
-                                        judge, load_constitution(ctx.constitution_path), reward_model, cfg,
-                                        ctx.policy_engine, ctx.runtime)
+    rows, summary, curve = evaluate(prompts, ctx.policy_model, [*snapshots, (policy_step(policy), policy)],
+                                    lambda: make_judge(ctx.judge, ctx.runtime), load_constitution(ctx.constitution_path),
+                                    reward_model, cfg, ctx.policy_engine, ctx.runtime)
     # one part per (run, policy, settings): evaluating a run again with other settings adds a
     # part beside the first; the same settings replace it
     what = json.dumps([cfg.model_dump(), policy, reward_model, ctx.judge.model_dump(), ctx.constitution_sha],

@@ -75,7 +75,8 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
         f"# RLAIF run `{ctx.run_id}`", "",
         f"- constitution: **{constitution_name}** (`{ctx.constitution_path}`)",
         f"- constitution_sha: `{ctx.constitution_sha}`",
-        f"- policy / reference: `{ctx.policy_model}`; judge: `{ctx.judge.model}` ({ctx.judge.backend})",
+        f"- policy / reference: `{ctx.policy_model}` ({ctx.policy_engine.kind} engine); judge: `{ctx.judge.model}` "
+        f"({ctx.judge.engine.kind} engine); device: {ctx.runtime.device}, {ctx.runtime.dtype_name}",
         f"- finished: {datetime.now(timezone.utc).isoformat(timespec='seconds')}", "",
         "## Headline", "", "| | |", "|---|---|",
         *[f"| {k} | {fmt(v)} |" for k, v in headline(stages).items()],
