@@ -48,11 +48,12 @@ async def durations() -> dict:
             "tasks": dict(sorted(tasks.items(), key=lambda kv: -kv[1]))}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, args: list[str] = ()) -> dict:
+    """`rlaif run` with `args` (e.g. engine choices) after the settings."""
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-e2e-") as tmp:
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "RLAIF_DATA": str(Path(tmp) / "data")}
         env.pop("PREFECT_API_URL", None)
-        cmd = [str(Path(sys.executable).parent / "rlaif"), "run", *(QUICK if quick else [])]
+        cmd = [str(Path(sys.executable).parent / "rlaif"), "run", *(QUICK if quick else []), *args]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -63,7 +64,7 @@ def run(quick: bool = False) -> dict:
     times = json.loads(read.stdout.strip().splitlines()[-1])
     stages = [s for s in times["flows"] if s["flow"] != "rlaif-pipeline"]
     top = next(s for s in times["flows"] if s["flow"] == "rlaif-pipeline")
-    return {"command": " ".join(["rlaif", "run", *(QUICK if quick else [])]), "wall_s": wall,
+    return {"command": " ".join(["rlaif", "run", *(QUICK if quick else []), *args]), "wall_s": wall,
             "pipeline_flow_s": top["seconds"], "stages": stages, "tasks": times["tasks"],
             "slowest_stage": stages[0]["flow"] if stages else None}
 

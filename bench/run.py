@@ -27,6 +27,7 @@ from bench.common import RESULTS, ROOT, machine, result_path
 BENCHMARKS = {
     "judge": ("bench/judge.py", "judge"),
     "rollout": ("bench/rollout.py", "rollout"),
+    "engines": ("bench/engines.py", "engines"),
     "reward": ("bench/reward.py", "reward"),
     "ppo": ("bench/ppo.py", "ppo"),
     "store": ("bench/store.py", "store"),

@@ -136,9 +136,10 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
     prompt rows of every policy, the final policy's summary, and the curve (one row per
     point, the reference at step 0 and KL 0).
 
-    Two phases, so one engine runs at a time: every policy samples on its own `policy_engine`
-    (shut down before the next), with its KL and reward-model scores read in process; then one
-    judge, from `open_judge()` (a context manager), compares them all."""
+    Two phases, so one engine runs at a time: the reference and every policy sample on one
+    `policy_engine` (handed each policy's weights in turn), with their KL and reward-model
+    scores read in process; then one judge, from `open_judge()` (a context manager), compares
+    them all."""
     if (prompts["split"] != "eval").any():
         raise AssertionError("evaluate: only held-out eval prompts may be used")
     if prompts.empty:
@@ -149,21 +150,23 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
     reference = load_causal_lm(reference_model, runtime)
     rm = RewardModel(reward_model, runtime)
 
-    def sample(name: str, module, desc: str) -> list:
-        with open_engine(policy_engine, name, runtime, module=module) as engine:
-            return engine.generate(queries, cfg.sampling, seed=cfg.seed, desc=desc)
-
-    # 1. sample: the reference, then each policy, with its KL to the reference and its RM score
-    ref_gens = sample(reference_model, reference, "eval: reference")
-    ref_texts = [g.text for g in ref_gens]
-    ref_rm = rm.score(prompt_list, ref_texts).numpy()
+    # 1. sample: the reference, then each policy on the same engine (handed each policy's
+    #    weights), with its KL to the reference and its reward-model score
     sampled = []
-    for step, name in tqdm(policies, desc="eval: policies", unit="policy"):
-        policy = load_causal_lm(name, runtime)
-        gens = sample(name, policy, f"eval: policy step {step}")
-        kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size, runtime)
-        del policy
-        sampled.append((step, name, gens, kl, rm.score(prompt_list, [g.text for g in gens]).numpy()))
+    with open_engine(policy_engine, reference_model, runtime, module=reference) as engine:
+        ref_gens = engine.generate(queries, cfg.sampling, seed=cfg.seed, desc="eval: reference")
+        ref_texts = [g.text for g in ref_gens]
+        ref_rm = rm.score(prompt_list, ref_texts).numpy()
+        for version, (step, name) in enumerate(tqdm(policies, desc="eval: policies", unit="policy"), 1):
+            policy = load_causal_lm(name, runtime)
+            if hasattr(policy, "merge_and_unload"):  # an adapter folder: its weights, merged
+                policy = policy.merge_and_unload()
+            engine.sync(policy, version)
+            gens = engine.generate(queries, cfg.sampling, seed=cfg.seed, desc=f"eval: policy step {step}")
+            kl = sequence_kl(policy, reference, tok, prompt_list, gens, cfg.sampling.temperature, cfg.batch_size,
+                             runtime)
+            sampled.append((step, name, gens, kl, rm.score(prompt_list, [g.text for g in gens]).numpy()))
+            del policy
     del reference, rm
 
     # 2. judge: every policy against the reference, one judge for all

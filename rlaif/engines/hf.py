@@ -76,5 +76,8 @@ class TransformersEngine(Engine):
             out[idx] = (logp * is_cont).sum(-1).cpu().numpy()
         return out
 
+    def sync(self, module, version: int) -> None:
+        self.module = module  # PPO's live policy is already this module; evaluation swaps policies
+
     def close(self) -> None:
         self.module = None  # a live module passed in stays with its owner
