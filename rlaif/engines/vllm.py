@@ -14,6 +14,7 @@ returned logprobs are `processed_logprobs`: after temperature, as PPO's trainer 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import tempfile
@@ -47,6 +48,10 @@ class VLLMEngine(Engine):
         super().__init__(path, load_tokenizer(path), runtime)
         self.cfg = cfg
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # In process, vLLM shares the CPU with the trainer: its default thread binding would pin
+        # this whole process's OpenMP threads to all cores but one (reserved for a scheduler
+        # process that does not exist here) and freeze torch.set_num_threads.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
             from vllm import LLM
         except ImportError as e:
@@ -61,7 +66,13 @@ class VLLMEngine(Engine):
         memory = ({"kv_cache_memory_bytes": int((cfg.kv_cache_gb or 1.0) * 2**30)} if not runtime.on_gpu
                   or cfg.kv_cache_gb else {"gpu_memory_utilization": cfg.gpu_memory_utilization})
         lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
-        self.llm = LLM(model=str(path), dtype=runtime.dtype_name, seed=0, enforce_eager=eager,
+        # No chunked prefill on a CPU: a seeded request whose prompt is split across steps makes
+        # vLLM rewind its torch.Generator's offset, which CPU generators do not have (it fails
+        # on long critique prompts). Whole prompts, up to the model's context, per step instead.
+        context = min(json.loads((path / "config.json").read_text()).get("max_position_embeddings") or 8192, 8192)
+        prefill = {} if runtime.on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": context,
+                                              "max_model_len": context}
+        self.llm = LLM(model=str(path), dtype=runtime.dtype_name, seed=0, enforce_eager=eager, **prefill,
                        max_logprobs=max(cfg.top_logprobs, 1), logprobs_mode="processed_logprobs",
                        generation_config="vllm",  # no model defaults (repetition penalty, top_k) on top
                        **memory, **lora)

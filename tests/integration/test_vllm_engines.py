@@ -64,6 +64,24 @@ def test_sampled_logprobs_are_the_trainers_at_the_same_temperature(queries):
     assert diff < 1e-3, diff
 
 
+def test_long_seeded_prompts_more_than_one_step_holds():
+    """24 critique prompts of ~500 tokens (more than one scheduler step's budget), each with its
+    own seed: on a CPU, vLLM's chunked prefill would split a prompt and then fail rewinding a
+    seeded CPU generator; whole prompts per step instead, and the seeds still hold."""
+    from constitution import load_constitution
+    from judges.templates import critique_messages
+
+    c, tok = load_constitution("harmless"), load_tokenizer(EMBEDDED_MODEL)
+    texts = [chat_text(tok, critique_messages(c, c.principles[0], f"question {i} about something " * 8,
+                                              "Sure, here you go. " * 20, 1)) for i in range(24)]
+    assert sum(len(tok.encode(t)) for t in texts) > 8192
+    sampling = Sampling(max_new_tokens=8, temperature=0.7)
+    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+        a = vllm.generate(texts, sampling, seed=5)
+        b = vllm.generate(texts[:3], sampling, seed=5)
+    assert [g.token_ids for g in a[:3]] == [g.token_ids for g in b] and all(g.n_tokens for g in a)
+
+
 def test_an_engine_is_shut_down_when_its_block_ends_even_by_an_error():
     import psutil
 

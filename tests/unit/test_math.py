@@ -13,7 +13,8 @@ from evaluation.evaluate import length_corrected_win_rate, overoptimised, win_ra
 from rlaif.stats import wilson_interval
 from rlaif.generation import response_mask
 from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, gae,
-                          kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses)
+                          kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses,
+                          truncated_is_weights)
 from training.reward import expected_calibration_error, soft_bt_loss, split_by_prompt
 
 
@@ -89,6 +90,17 @@ def test_ppo_losses_clip():
     assert vf.item() == pytest.approx(0.32)
     assert stats["ppo/clipfrac"] == pytest.approx(0.5)
     assert stats["ppo/vf_clipfrac"] == pytest.approx(1.0)
+
+
+def test_truncated_importance_weights_reweight_each_tokens_policy_term():
+    trainer, engine = t([[math.log(0.5), math.log(0.9)]]), t([[math.log(0.25), math.log(0.9)]])
+    w = truncated_is_weights(trainer, engine, cap=1.5)
+    torch.testing.assert_close(w, t([[1.5, 1.0]]))  # p_trainer / p_engine = 2, capped at 1.5; and 1
+    mask, old, new, adv = t([[1, 1]]), t([[0.0, 0.0]]), t([[0.0, 0.0]]), t([[1.0, 3.0]])
+    v = t([[0.0, 0.0]])
+    plain, _, _ = ppo_losses(new, old, adv, v, v, v, mask, 0.2, 0.2)
+    weighted, _, _ = ppo_losses(new, old, adv, v, v, v, mask, 0.2, 0.2, is_weights=w)
+    assert plain.item() == pytest.approx(-2.0) and weighted.item() == pytest.approx(-(1.5 * 1 + 1 * 3) / 2)
 
 
 def test_logprobs_from_logits():
