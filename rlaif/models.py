@@ -151,6 +151,23 @@ def unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights `model` computes with, under its plain transformers names: for a peft model
+    each LoRA layer's base weight plus its delta (B A scaled), the model itself unchanged
+    (merging in place and back would drift the base weights). Other models: their state dict."""
+    if not hasattr(model, "peft_config"):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = unwrap(model)
+    out = {f"{name}.weight": m.base_layer.weight + m.get_delta_weight(m.active_adapters[0])
+           for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    for k, v in base.state_dict().items():
+        if "lora_" not in k:
+            out.setdefault(k.replace(".base_layer", ""), v)
+    return out
+
+
 def load_tokenizer(name: str | Path):
     from transformers import AutoTokenizer
 

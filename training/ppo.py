@@ -83,7 +83,7 @@ def compute_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
     non_score_reward = -kl_coef * kl * mask
     rewards = non_score_reward.clone()
     last = (mask.sum(1) - 1).clamp(min=0).long()  # (B,) index of the last response token
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards, non_score_reward
 
 

