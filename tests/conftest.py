@@ -3,6 +3,7 @@ tests do) with the embedded model's tokenizer, so they run in seconds and offlin
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,24 @@ def _tiny_llama(path: Path, initializer_range: float = 0.02) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_outlives_capfd():
+    """Prefect's console log handlers keep the stderr they were made with; one made while a
+    test captured fds (capfd) writes to a stream closed when that test ends, and every later
+    flow's logging fails. Point such a handler at the current stderr after each test."""
+    yield
+    if "prefect" not in sys.modules:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for handler in (h for x in loggers for h in x.handlers):
+        if isinstance(handler, PrefectConsoleHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream(): it flushes the closed one
+            handler.console.file = sys.stderr
 
 
 @pytest.fixture(scope="session")
