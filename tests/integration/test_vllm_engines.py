@@ -43,6 +43,16 @@ def test_greedy_generations_agree_between_the_engines(queries):
     assert diff < 1e-3, diff
 
 
+def test_sequence_logprobs_agree_between_the_engines(queries):
+    """What contrastive scoring reads: sum log P(continuation | context), on either engine."""
+    conts = [" I cannot help with that.", " Sure, here is how.", " Paris."] * 2
+    with open_engine(Transformers(batch_size=4), EMBEDDED_MODEL) as hf:
+        a = hf.sequence_logprobs(queries[:6], conts)
+    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+        b = vllm.sequence_logprobs(queries[:6], conts)
+    assert (a < 0).all() and abs(a - b).max() < 1e-3, abs(a - b).max()
+
+
 def test_sampled_logprobs_are_the_trainers_at_the_same_temperature(queries):
     """vLLM's logprobs are after temperature (processed_logprobs), as PPO's trainer computes
     them: what rollout/logprob_diff measures is ~0 here."""
