@@ -25,7 +25,7 @@ from evaluation.config import EvalConfig
 from judges.config import FeedbackConfig
 from judges.feedback import direct_scores, label_preferences, seeded_rng
 from rlaif.config import EngineConfig, Transformers
-from rlaif.engines import open_engine
+from rlaif.engines import make_engine
 from rlaif.generation import chat_text
 from rlaif.models import load_causal_lm, load_tokenizer
 from rlaif.runtime import CPU, Runtime
@@ -153,7 +153,7 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
     # 1. sample: the reference, then each policy on the same engine (handed each policy's
     #    weights), with its KL to the reference and its reward-model score
     sampled = []
-    with open_engine(policy_engine, reference_model, runtime, module=reference) as engine:
+    with make_engine(policy_engine, reference_model, runtime, module=reference) as engine:
         ref_gens = engine.generate(queries, cfg.sampling, seed=cfg.seed, desc="eval: reference")
         ref_texts = [g.text for g in ref_gens]
         ref_rm = rm.score(prompt_list, ref_texts).numpy()

