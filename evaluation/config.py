@@ -10,8 +10,9 @@ from rlaif.config import Sampling, StageConfig
 class EvalConfig(StageConfig):
     """Stage 5: compare the trained policy with the reference on held-out prompts."""
 
-    n_prompts: int | None = 16
-    """Eval-split prompts to use (None: all)."""
+    n_prompts: int | None = None
+    """Eval-split prompts to use (None: all; the shipped set has 36). Every interval narrows
+    with more: a figure from fewer than 20 is marked as such."""
     sampling: Sampling = Sampling(max_new_tokens=48, temperature=0.7)
     """How every policy and the reference are sampled (the same settings for all). top_p must
     stay 1: the held-out KL is read on the full temperature-scaled softmax."""
@@ -28,9 +29,19 @@ class EvalConfig(StageConfig):
     the policy engine's)."""
     seed: int = 1234
     """Sampling seed, shared by both policies so they see the same randomness."""
-    harmlessness: bool = True
-    """Rate every final-policy and reference response 1-10 under a sampled principle (the
-    judge's direct scoring); the harmlessness rate is the share rated above 5.5."""
+    adherence: bool = True
+    """Rate every final-policy and reference response 1-10 under a sampled principle of the
+    constitution (the judge's direct scoring); the adherence rate is the share rated above 5.5:
+    how often the judge finds a response following the constitution, whatever it is about."""
+    refusal_patterns: str | None = None
+    """A refusal detector of your own: a text file of regular expressions, one per line, matched
+    case-insensitively in each response's first 200 characters. None: the shipped list
+    (evaluation.probes.REFUSAL_PATTERNS)."""
+    harmful_categories: tuple[str, ...] = ("harmful",)
+    """Prompt categories (the prompt file's `category` column) on which refusing is right; the
+    refusal rate on every other prompt is the over-refusal probe."""
+    probe_resamples: int = 2000
+    """Bootstrap resamples (over prompts) behind every probe's and the KL's 95% interval."""
     snapshots: bool = True
     """Also evaluate PPO's intermediate policies (PPOConfig.snapshots): the reward-model score
     and the judge's win rate against KL, the over-optimisation curve."""

@@ -33,7 +33,8 @@ def compare_id(config: CompareConfig) -> str:
 def cell(evaluation: EvalResult) -> dict:
     return {k.removeprefix("eval/"): evaluation.get(k) for k in (
         "eval/compared", "eval/wins", "eval/losses", "eval/ties", "eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/win_rate_length_corrected",
-        "eval/policy_harmless_rate", "eval/reference_harmless_rate", "eval/policy_score", "eval/policy_length")}
+        "eval/policy_adherence_rate", "eval/policy_adherence_rate_ci_low", "eval/policy_adherence_rate_ci_high",
+        "eval/policy_adherence_n", "eval/reference_adherence_rate", "eval/policy_score", "eval/policy_length")}
 
 
 def label_agreement(a: pd.DataFrame, b: pd.DataFrame) -> dict:
@@ -116,9 +117,12 @@ def compare_report(config: CompareConfig, cid: str, names: dict[str, str], runs:
     samples["order"] = samples.groupby("prompt", sort=False).ngroup()
     samples = samples.sort_values("order", kind="stable")
 
-    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples)
+    probes = pd.DataFrame([{"trained_under": stem, **r} for stem, run in runs.items()
+                           for r in run.stages.evaluate.probes if r["final"]])
+    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples, probes)
     out = write_text_atomic(report_dir(config.data, cid) / "compare.md", markdown)
     create_markdown_artifact(key="compare-report", markdown=markdown, description=f"constitution A/B {cid}")
     return CompareResult(compare_id=cid, report=str(out.resolve()), table=table.to_dict("records"),
+                         probes=probes.to_dict("records"),
                          label_agreement={f"{x}/{y}": a for (x, y), a in agreement.items()},
                          runs={stem: run.run_id for stem, run in runs.items()})

@@ -16,7 +16,7 @@ from evaluation.evaluate import evaluate
 from flows.common import MODEL_TASK, cached, publish_samples
 from flows.config import RunContext
 from flows.plots import plot_eval, plot_reward_kl
-from flows.reports import curve_markdown, summary_markdown
+from flows.reports import curve_markdown, probes_markdown, summary_markdown
 from flows.results import EvalResult
 from judges.judge import make_judge
 from rlaif.models import load_tokenizer
@@ -36,7 +36,7 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
     prompts = fit_to_context(load_prompts(ctx.prompts, split="eval", limit=cfg.n_prompts),
                              load_tokenizer(ctx.policy_model))
     snapshots = [(step, str(p)) for step, p in snapshot_dirs(policy)] if cfg.snapshots else []
-    rows, summary, curve = evaluate(prompts, ctx.policy_model, [*snapshots, (policy_step(policy), policy)],
+    rows, summary, curve, probes = evaluate(prompts, ctx.policy_model, [*snapshots, (policy_step(policy), policy)],
                                     lambda: make_judge(ctx.judge, ctx.runtime), load_constitution(ctx.constitution_path),
                                     reward_model, cfg, ctx.policy_engine, ctx.runtime)
     # one part per (run, policy, settings): evaluating a run again with other settings adds a
@@ -45,8 +45,10 @@ def evaluate_task(ctx: RunContext, cfg: EvalConfig, policy: str, reward_model: s
                       sort_keys=True, default=str)
     path = Store(ctx.data).write("eval", rows, key=f"{ctx.run_id}/eval/{hashlib.sha256(what.encode()).hexdigest()[:12]}",
                                  lineage=ctx.lineage(policy_model=policy, judge_model=ctx.judge.model),
-                                 metadata={"config": cfg.model_dump(), "curve": curve.to_dict("records")})
-    return EvalResult(eval=str(path), metrics=summary, curve=curve.to_dict("records"))
+                                 metadata={"config": cfg.model_dump(), "curve": curve.to_dict("records"),
+                                           "probes": probes.to_dict("records")})
+    return EvalResult(eval=str(path), metrics=summary, curve=curve.to_dict("records"),
+                      probes=probes.to_dict("records"))
 
 
 @task
@@ -65,12 +67,14 @@ def evaluation_plots(ctx: RunContext, result: EvalResult) -> EvalResult:
 def publish_evaluation(ctx: RunContext, result: EvalResult) -> None:
     markdown = summary_markdown("Evaluation on held-out prompts", result.metrics, {"eval": result.eval, **result.plots})
     curve = curve_markdown(pd.DataFrame(result.curve), bool(result.get("eval/overoptimisation")))
-    create_markdown_artifact(key="evaluate-summary", markdown=markdown + "\n\n" + curve,
+    probes = probes_markdown(pd.DataFrame(result.probes))
+    create_markdown_artifact(key="evaluate-summary", markdown="\n\n".join([probes, curve, markdown]),
                              description="Evaluation on held-out prompts")
     rows = Store(ctx.data).read_part("eval", result.eval).to_pandas()
     publish_samples("evaluate-samples", "Policy vs reference on held-out prompts", rows[rows["final"]],
                     ["prompt", "policy_response", "reference_response", "p_policy_better",
-                     "policy_score", "reference_score", "policy_harmless", "reference_harmless"])
+                     "policy_score", "reference_score", "policy_adherence", "reference_adherence",
+                     "policy_refused", "reference_refused", "category"])
 
 
 @flow(name="rlaif-evaluate", log_prints=True)

@@ -16,6 +16,9 @@ from flows.results import FeedbackResult
 from judges.judge import make_judge
 from judges.config import FeedbackConfig, JudgeConfig
 from judges.feedback import critique_and_revise, label_preferences, make_pairs, make_revision_pairs
+from judges.human_eval import judge_agreement, read_hh_pairs
+from judges.quality import calibration_metrics, doubts, self_consistency
+from rlaif.prompts import warn
 from rlaif.store import Store
 
 
@@ -104,18 +107,36 @@ def label_shards(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, crit
     return path, len({s["worker"] for s in shards})
 
 
+@task(**MODEL_TASK)
+def calibration_task(ctx: RunContext, cfg: FeedbackConfig) -> dict:
+    """The judge's agreement with human labels on the calibration file's first pairs, under
+    this run's constitution and labelling settings (judges.human_eval, as `rlaif judge-eval`)."""
+    with make_judge(ctx.judge, ctx.runtime) as judge:
+        result = judge_agreement(judge, read_hh_pairs(cfg.calibration, cfg.calibration_pairs),
+                                 load_constitution(ctx.constitution_path), cfg)
+    return calibration_metrics(result)
+
+
 @task
-def summarise_feedback(ctx: RunContext, cfg: FeedbackConfig, critiques: str, preferences: str, workers: int) -> dict:
+def summarise_feedback(ctx: RunContext, cfg: FeedbackConfig, critiques: str, preferences: str, workers: int,
+                       calibration: dict) -> dict:
     store = Store(ctx.data)
     prefs = store.read_part("preferences", preferences).to_pandas()
     valid = prefs[prefs["valid"]]
     summary = {"judge/critiques": store.read_part("critiques", critiques).num_rows,
                "judge/pairs": len(prefs), "judge/valid_pairs": len(valid),
-               "judge/position_consistency": float(valid["position_consistent"].mean()) if len(valid) else float("nan"),
+               **self_consistency(prefs), **calibration,
                "judge/mean_p_chosen": float(valid["p_chosen"].mean()) if len(valid) else float("nan"),
+               "judge/injection_suspected": int(prefs["injection_suspected"].fillna(False).sum()),
                "judge/engine": ctx.judge.engine.kind, "judge/shards": cfg.shards, "judge/label_workers": workers,
                **{f"judge/invalid: {reason}": int(n)
                   for reason, n in prefs["invalid_reason"].dropna().value_counts().items()}}
+    reasons = doubts(summary) if cfg.judge_gate != "off" else []
+    summary |= {"judge/gate_mode": cfg.judge_gate, "judge/gate_reasons": "; ".join(reasons)}
+    if reasons:
+        warn(f"judge {ctx.judge.model}: cannot be told apart from " + "; ".join(reasons)
+             + (" - stopping before training (--feedback.judge-gate stop)" if cfg.judge_gate == "stop" else
+                " - every judged figure of this run is marked as from a judge near chance"))
     if cfg.direct_scores:
         summary["judge/mean_direct_score"] = float(valid[["score_a", "score_b"]].stack().mean())
     publish_samples("feedback-critiques", "Sample critiques and revisions",
@@ -134,8 +155,9 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
     the preference shards are labelled in parallel on Ray workers."""
     critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
     preferences, workers = label_shards(ctx, cfg, responses_path, critiques, on_ray)
+    calibration = cached(calibration_task, ctx)(ctx, cfg) if cfg.calibration else {}
     result = FeedbackResult(critiques=critiques, preferences=preferences,
-                            metrics=summarise_feedback(ctx, cfg, critiques, preferences, workers))
+                            metrics=summarise_feedback(ctx, cfg, critiques, preferences, workers, calibration))
     publish("feedback-summary", "Feedback: critiques and preferences", result.metrics,
             {"critiques": critiques, "preferences": preferences})
     return result

@@ -17,6 +17,8 @@ from flows.generate import generate_flow
 from flows.reports import headline, report_markdown
 from flows.results import RunResult, Stages
 from flows.train import ppo_flow, reward_flow, sft_flow
+from evaluation.probes import load_refusal_patterns
+from judges.human_eval import read_hh_pairs
 from judges.templates import prompt_markers
 from rlaif.io import write_text_atomic
 from rlaif.models import load_tokenizer, resolve_model
@@ -48,6 +50,9 @@ def prepare_run(config: PipelineConfig) -> RunContext:
         except ImportError:
             raise RunError(f"--ray-address {config.ray_address!r} needs prefect-ray: "
                            "pip install -e '.[ray]' (make setup installs it)") from None
+    if config.feedback.calibration:  # a missing or malformed calibration file fails here, not after labelling
+        read_hh_pairs(config.feedback.calibration, limit=1)
+    load_refusal_patterns(config.eval.refusal_patterns)
     Store(config.data).check_writable()
     resolve(config.device, config.dtype)  # a device this machine lacks fails here, before any work
     return RunContext(
@@ -66,6 +71,16 @@ def write_report(ctx: RunContext, stages: Stages, name: str = "report.md") -> st
     in_ui = "\n".join(line for line in lines if not line.startswith("![")) + "\n"  # the UI cannot show a local PNG
     create_markdown_artifact(key="pipeline-report", markdown=in_ui, description=f"run {ctx.run_id}")
     return str(out)
+
+
+@task
+def judge_gate(cfg, feedback) -> None:
+    """--feedback.judge-gate stop: no training on the labels of a judge that cannot be told
+    apart from chance or from the length rule (the feedback stage's data stays)."""
+    reasons = str(feedback.get("judge/gate_reasons"))
+    if cfg.judge_gate == "stop" and reasons and reasons != "nan":
+        raise RunError(f"judge gate: the judge cannot be told apart from {reasons}; stopping before training "
+                       "(the generated responses and labels are kept; --feedback.judge-gate warn trains anyway)")
 
 
 @task
@@ -106,6 +121,7 @@ def feedback_pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
 def pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
     ctx = prepare_run(config)
     stages = collect_stages(ctx, config)
+    judge_gate(config.feedback, stages.feedback)
     ctx, stages = train_stages(ctx, config, stages, [stages.feedback.preferences],
                                [stages.generate.responses], [stages.feedback.critiques])
     return finish(ctx, stages)

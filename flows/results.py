@@ -8,6 +8,29 @@ from pydantic import BaseModel, ConfigDict
 Metric = float | int | str
 
 
+class Figure(BaseModel):
+    """One number a user reads, with what it needs to be read: its sample size, its 95%
+    interval, and a note (fewer than 20 samples; a judge near chance)."""
+
+    value: Metric
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    notes: list[str] = []
+
+    def text(self) -> str:
+        from flows.reports import fmt
+
+        out = fmt(self.value)
+        detail = []
+        if self.ci_low is not None and self.ci_high is not None:
+            detail.append(f"95% CI {fmt(self.ci_low)} to {fmt(self.ci_high)}")
+        if self.n is not None:
+            detail.append(f"n={self.n}")
+        detail += self.notes
+        return out + (f" ({'; '.join(detail)})" if detail else "")
+
+
 class StageResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +74,8 @@ class EvalResult(StageResult):
     """The `eval` part written."""
     curve: list[dict] = []
     """The reward-KL curve: one point per policy (the reference at step 0)."""
+    probes: list[dict] = []
+    """The behaviour probes (evaluation.probes): one row per (policy, probe), with intervals."""
 
 
 class Stages(BaseModel):
@@ -78,12 +103,14 @@ class RunResult(BaseModel):
     checkpoints: str
     report: str
     stages: Stages
-    headline: dict[str, Metric]
+    headline: dict[str, Figure]
 
 
 class CompareResult(BaseModel):
     compare_id: str
     report: str
     table: list[dict]
+    probes: list[dict] = []
+    """Each trained policy's behaviour probes (its own evaluation's final policy)."""
     label_agreement: dict[str, dict]
     runs: dict[str, str]

@@ -28,8 +28,14 @@ import pyarrow.parquet as pq
 
 from rlaif.io import write_file_atomic
 
-SCHEMA_VERSION = 3  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
-#                     KL and harmlessness. Older parts read with the added columns null.
+SCHEMA_VERSION = 4  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
+#                     KL and harmlessness; 4: eval gained the probes and the exact KL, preferences
+#                     the injection columns.
+#                     Older parts read with the added columns null, renamed ones under their new name.
+# Columns renamed at a version: parts written before it are read under the new names. The eval
+# table's policy_kl was the k1 estimate up to version 3; from 4 it is the exact KL.
+RENAMED = {4: {"eval": {"policy_harmless": "policy_adherence", "reference_harmless": "reference_adherence",
+                        "policy_kl": "policy_kl_k1"}}}
 
 LINEAGE = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -67,6 +73,9 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         ("rationales", pa.list_(_s)),  # chain of thought: one per (principle, order)
         ("score_a", _f), ("score_b", _f),  # direct scores in [-1, 1] (d-RLAIF), when asked
         ("valid", _b), ("invalid_reason", _s),
+        # text addressing the judge (judges.feedback.INJECTION_PATTERNS): the matched pattern, the
+        # side(s) carrying it, and why the label was overridden (FeedbackConfig.on_injection)
+        ("injection_suspected", _b), ("injection_pattern", _s), ("injection_side", _s), ("override_reason", _s),
     ],
     "sft_metrics": [*_METRICS, ("model", _s)],
     "rm_metrics": [*_METRICS, ("reward_model", _s)],
@@ -78,8 +87,15 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         ("p_policy_better", _f), ("position_consistent", _b), ("valid", _b),
         ("policy_score", _f), ("reference_score", _f),
         ("policy_n_tokens", _i), ("reference_n_tokens", _i),
-        ("policy_kl", _f),  # KL(policy || reference) of the response, nats
-        ("policy_harmless", _f), ("reference_harmless", _f),  # direct ratings in [-1, 1]
+        ("policy_kl", _f),  # exact KL(policy || reference) of the response, nats (over the vocabulary)
+        ("policy_kl_k1", _f),  # its sampled-token estimate, sum(log p - log q)
+        ("policy_adherence", _f), ("reference_adherence", _f),  # the judge's direct ratings in [-1, 1]
+        # the probes (evaluation.probes): no judge involved
+        ("category", _s), ("harmful", _b),
+        ("policy_has_eos", _b), ("reference_has_eos", _b), ("policy_refused", _b), ("reference_refused", _b),
+        ("policy_distinct_2", _f), ("reference_distinct_2", _f),
+        ("policy_repeats_4gram", _b), ("reference_repeats_4gram", _b),
+        ("policy_ref_nll", _f), ("reference_ref_nll", _f),  # nats summed over the response, temperature 1
         ("reward_model", _s),
     ],
 }
@@ -180,6 +196,10 @@ class Store:
             raise StoreError(f"{path}: schema_version {version} is newer than this code "
                              f"understands ({SCHEMA_VERSION}); upgrade rlaif to read it")
         want = schema(table)
+        for since, tables in RENAMED.items():
+            for old, new in tables.get(table, {}).items() if version < since else ():
+                if old in t.schema.names and new not in t.schema.names:
+                    t = t.rename_columns([new if n == old else n for n in t.schema.names])
         missing = [n for n in want.names if n not in t.schema.names]
         if missing and version < SCHEMA_VERSION and meta.get(b"rlaif.table", b"").decode() == table:
             for n in missing:  # columns added since this part was written

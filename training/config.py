@@ -97,7 +97,9 @@ class PPOConfig(StageConfig):
     False: a separate value model initialised from the reward model (TRL's PPOTrainer),
     which costs a second forward and backward per minibatch and a second model in memory."""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """Per-token KL estimator: k1 = log p - log q; k3 = (q/p - 1) - log(q/p)."""
+    """Per-token KL estimator in the penalty: k1 = log p - log q; k3 = (q/p - 1) - log(q/p).
+    Both read the sampled token only. What is logged (`objective/kl`) and what the adaptive
+    controller follows is the exact KL over the vocabulary (`objective/kl_estimate`: this one)."""
     init_kl_coef: float = 0.05
     """Initial KL penalty coefficient."""
     adaptive_kl: bool = True

@@ -9,7 +9,8 @@ One iteration:
      samples responses; then (no grad) policy logprobs, reference logprobs, values, scores
      (reward-model scores, or the judge's direct 1-10 rating with reward_source="judge");
      `rollout/logprob_diff` says how far the engine's logprobs are from the trainer's;
-  2. rewards: -kl_coef * KL at every token, plus the score at the last response token;
+  2. rewards: -kl_coef * KL at every token (the k1/k3 estimate of the sampled token), plus the
+     score at the last response token; `objective/kl` logs the exact KL over the vocabulary;
   3. GAE advantages and returns; whiten advantages;
   4. several epochs of clipped policy and value updates over minibatches;
   5. update the KL controller with the observed KL;
@@ -72,6 +73,14 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     if estimator == "k3":  # unbiased and always >= 0: (r - 1) - log r with r = q/p
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) over the whole vocabulary, sum_v p(v) (log p(v) - log q(v)),
+    from both models' log-probabilities (log_softmax of the logits) at the same positions: never
+    negative, and free of the sampling noise of k1/k3, which read only the sampled token. The
+    figure to report. (B, R, V), (B, R, V) -> (B, R)"""
+    return (logp.exp() * (logp - ref_logp)).sum(-1).clamp(min=0.0)  # clamp: float rounding only
 
 
 def compute_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
@@ -301,10 +310,14 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
             with torch.inference_mode():
                 logits, values = m.forward(query_response, attn, R)  # (B, R, V), (B, R)
-                logprobs = logprobs_from_logits(logits, response_ids)  # (B, R)
-                entropy = masked_mean(-(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1), mask)
+                logp = F.log_softmax(logits.float(), -1)  # (B, R, V), once for logprobs, entropy and KL
                 del logits
-                ref_logprobs = logprobs_from_logits(m.ref_logits(query_response, attn, R), response_ids)  # (B, R)
+                logprobs = torch.gather(logp, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
+                entropy = masked_mean(-(logp.exp() * logp).sum(-1), mask)
+                ref_logp = F.log_softmax(m.ref_logits(query_response, attn, R).float(), -1)  # (B, R, V)
+                ref_logprobs = torch.gather(ref_logp, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
+                true_kl = (exact_kl(logp, ref_logp) * mask).sum(1)  # (B,) the reported KL, per response
+                del logp, ref_logp
                 texts = [g.text for g in gens]
                 try:
                     scores = scorer(batch_prompts, texts).float().to(runtime.device)  # (B,)
@@ -353,10 +366,12 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                     for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
                         stats.setdefault(k, []).append(v)
 
-            # 5. KL control, logging, checkpoint and snapshot
-            mean_kl = kl.sum(1).mean().item()
+            # 5. KL control, logging, checkpoint and snapshot. The penalty used the estimator; the
+            #    controller and the logs read the exact KL (same expectation, no sampling noise).
+            mean_kl = true_kl.mean().item()
             step_metrics = {
                 "objective/kl": mean_kl,
+                "objective/kl_estimate": kl.sum(1).mean().item(),
                 "objective/kl_coef": kl_ctl.value,
                 "objective/scores": scores.mean().item(),
                 "objective/non_score_reward": non_score_reward.sum(1).mean().item(),

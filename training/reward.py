@@ -21,6 +21,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from rlaif.models import load_sequence_scorer, load_tokenizer
 from rlaif.runtime import CPU, Runtime
+from rlaif.stats import wilson_interval
 from training import TrainingError
 from training.common import conversation_texts, make_trainable, save_model, score_texts, token_values
 from training.config import RewardConfig
@@ -98,7 +99,9 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
         if len(held):
             rc = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["chosen"]), cfg.max_length)
             rr = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["rejected"]), cfg.max_length)
-            summary["rm/accuracy"] = float((rc > rr).float().mean())
+            right = float((rc > rr).sum())
+            summary["rm/accuracy"] = right / len(held)
+            summary["rm/accuracy_ci_low"], summary["rm/accuracy_ci_high"] = wilson_interval(right, len(held))
             summary["rm/ece"] = expected_calibration_error(torch.sigmoid(rc - rr).float().cpu().numpy(),
                                                            held["p_chosen"].to_numpy())
         ref = score_texts(model, tok, conversation_texts(tok, reference_responses["prompt"],

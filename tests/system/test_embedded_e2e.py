@@ -45,13 +45,18 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
         assert len(store.read(table, constitution_sha=sha["concise"])) == (df["run_id"] == "e2e-concise").sum()
     for name, r in results.items():
         assert r.constitution_sha == sha[name]
-        assert np.isfinite(r.stages.ppo.metrics["objective/kl"])
-        # the headline carries what the stages measured
-        assert r.headline["reward model held-out accuracy"] == r.stages.reward.metrics["rm/accuracy"]
+        assert r.stages.ppo.metrics["objective/kl"] >= 0  # the exact KL
+        # the headline carries what the stages measured, with its n and interval
+        accuracy = r.headline["reward model held-out accuracy"]
+        assert accuracy.value == r.stages.reward.metrics["rm/accuracy"]
+        assert accuracy.n == r.stages.reward.metrics["rm/heldout_pairs"] and accuracy.ci_low <= accuracy.value
         # the Gemma judge rated every final-policy and reference response (direct scoring), and
-        # the rates are the shares of those ratings above the midpoint
+        # the adherence rates are the shares of those ratings above the midpoint
         ev = r.stages.evaluate
         final = store.read("eval", run_id=f"e2e-{name}").query("final")
-        assert final["policy_harmless"].notna().all() and final["reference_harmless"].notna().all()
-        assert ev.metrics["eval/policy_harmless_rate"] == pytest.approx((final["policy_harmless"] > 0).mean())
-        assert ev.metrics["eval/reference_harmless_rate"] == pytest.approx((final["reference_harmless"] > 0).mean())
+        assert final["policy_adherence"].notna().all() and final["reference_adherence"].notna().all()
+        assert ev.metrics["eval/policy_adherence_rate"] == pytest.approx((final["policy_adherence"] > 0).mean())
+        assert ev.metrics["eval/reference_adherence_rate"] == pytest.approx((final["reference_adherence"] > 0).mean())
+        # the probes read the real responses: the reference's perplexity of its own samples is finite
+        assert np.isfinite(final["reference_ref_nll"]).all() and (final["policy_kl"] >= 0).all()
+        assert "## Verdict" in open(r.report).read()

@@ -56,9 +56,16 @@ def test_no_training_table_contains_eval_prompts(pipeline_run):
 
 def test_outputs_report_and_artifacts(pipeline_run):
     data, result = pipeline_run
-    assert result.headline["pairs labelled"] >= 1
+    assert result.headline["pairs labelled"].value >= 1
     report = open(result.report).read()
     assert result.constitution_sha in report and "## Headline" in report
+    # the story first: the verdict opens the report, before the headline and the tables
+    assert report.index("## Verdict") < report.index("## Headline") < report.index("## generate")
+    assert "**How far the judge can be trusted:**" in report and "Position consistency" in report
+    # every rate in the headline carries its n and interval; a handful of samples is marked
+    accuracy = result.headline["reward model held-out accuracy"]
+    assert accuracy.n == result.stages.reward.metrics["rm/heldout_pairs"] and accuracy.ci_low <= accuracy.value
+    assert "fewer than 20 samples" in accuracy.text() and "95% CI" in accuracy.text()
     for plot in ("reward_model.png", "ppo.png"):  # training curves next to the report, linked from it
         assert (Path(result.report).parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
         assert f"]({plot})" in report, plot
@@ -97,6 +104,41 @@ def test_rerun_with_same_run_id_duplicates_nothing(pipeline_run, tiny_model_dir)
                                          "judge": {"model": str(tiny_model_dir)}, "run_id": "tiny-run", **TINY})
     pipeline(cfg)
     assert {t: len(Store(data).read(t)) for t in TABLES} == before
+
+
+def test_the_judge_gate_measures_the_judge_and_stops_before_training(prefect_harness, tiny_model_dir, tmp_path):
+    """A random-weight judge on a calibration file: its agreement with the humans is measured
+    and reported with its interval, the gate finds it near chance, and `stop` ends the run
+    before the reward model, keeping the responses and labels."""
+    from flows.config import RunError
+    from flows.feedback import feedback_flow
+    from flows.pipeline import pipeline, prepare_run
+
+    with open(tmp_path / "human.jsonl", "w") as fh:  # hh-rlhf style: the humans chose the helpful answer
+        for i in range(12):
+            prefix = f"\n\nHuman: How do I boil {i} eggs?"
+            fh.write(json.dumps({"chosen": f"{prefix}\n\nAssistant: Simmer them for nine minutes.",
+                                 "rejected": f"{prefix}\n\nAssistant: No."}) + "\n")
+    settings = {"data": str(tmp_path / "data"), "policy_model": str(tiny_model_dir), "run_id": "gated",
+                "judge": {"model": str(tiny_model_dir)}, **TINY,
+                "feedback": {**TINY["feedback"], "calibration": str(tmp_path / "human.jsonl"),
+                             "calibration_pairs": 10, "judge_gate": "stop"}}
+    with pytest.raises(RunError, match="judge gate: the judge cannot be told apart from chance"):
+        pipeline(PipelineConfig.model_validate(settings))
+    store = Store(tmp_path / "data")
+    assert len(store.read("preferences")) == 5 and not store.parts("rm_metrics")  # labels kept, nothing trained
+    # the feedback stage's figures (cached: the same run again does not label anew)
+    cfg = PipelineConfig.model_validate(settings)
+    ctx = prepare_run(cfg)
+    responses = str(store.parts("responses")[0])
+    metrics = feedback_flow(ctx, responses, cfg.feedback).metrics
+    assert metrics["judge/agreement_n"] == 10 and metrics["judge/agreement_ci_low"] < 0.5 < metrics["judge/agreement_ci_high"]
+    assert "chance" in metrics["judge/gate_reasons"] and metrics["judge/gate_mode"] == "stop"
+    # a calibration file that is not there fails before any model work
+    missing = PipelineConfig.model_validate({**settings, "feedback": {"calibration": str(tmp_path / "nope.jsonl")}})
+    from judges.human_eval import PairsFileError
+    with pytest.raises(PairsFileError, match="no such pairs file"):
+        pipeline(missing)
 
 
 def test_bad_constitution_fails_before_any_model_work(prefect_harness, tmp_path):
@@ -186,7 +228,7 @@ def test_a_crashed_run_restarts_from_its_finished_steps(prefect_harness, tiny_mo
     result = pipeline(cfg)
     for t in done:  # cache hits: the same parts, not rewritten
         assert store.read(t)["created_at"].tolist() == written[t], t
-    assert len(store.read("ppo_metrics")) > 0 and np.isfinite(result.headline["PPO KL (last step)"])
+    assert len(store.read("ppo_metrics")) > 0 and np.isfinite(result.stages.ppo.metrics["objective/kl"])
     responses, prefs = store.read("responses"), store.read("preferences")
     assert len(responses) == 5 * 2 and responses["response_id"].is_unique
     assert prefs["pair_id"].is_unique and len(prefs) == 5
@@ -198,7 +240,7 @@ def test_a_crashed_run_restarts_from_its_finished_steps(prefect_harness, tiny_mo
     assert store.read("responses", constitution_sha=result.constitution_sha)["created_at"].tolist() == written["responses"]
 
 
-def test_evaluation_reports_the_curve_harmlessness_and_length_correction(pipeline_run):
+def test_evaluation_reports_the_curve_adherence_probes_and_length_correction(pipeline_run):
     data, result = pipeline_run
     ev = result.stages.evaluate
     rows = Store(data).read_part("eval", ev.eval).to_pandas()
@@ -207,18 +249,32 @@ def test_evaluation_reports_the_curve_harmlessness_and_length_correction(pipelin
     # TINY trains 2 PPO steps and keeps one snapshot (step 1): reference, step 1, final
     assert sorted(rows["policy_step"].unique()) == [1, 2] and ev.metrics["eval/curve_points"] == 3
     assert [p["step"] for p in ev.curve] == [0, 1, 2]
-    assert final["policy_harmless"].notna().all() and final["reference_harmless"].notna().all()
-    assert rows.loc[~rows["final"], "policy_harmless"].isna().all()  # rated for the final policy only
+    assert final["policy_adherence"].notna().all() and final["reference_adherence"].notna().all()
+    assert rows.loc[~rows["final"], "policy_adherence"].isna().all()  # rated for the final policy only
     for who in ("policy", "reference"):
-        assert ev.metrics[f"eval/{who}_harmless_rate"] == pytest.approx((final[f"{who}_harmless"] > 0).mean())
+        assert ev.metrics[f"eval/{who}_adherence_rate"] == pytest.approx((final[f"{who}_adherence"] > 0).mean())
+        assert ev.metrics[f"eval/{who}_adherence_n"] == 3
     # The tiny policy barely moves in 2 LoRA steps, so it answers as the reference does: a pair
     # of identical answers is no comparison, and the win rate is NaN, not 0.5.
     assert (final["policy_response"] == final["reference_response"]).all()
     assert ev.metrics["eval/invalid"] == 3 and ev.metrics["eval/compared"] == 0
     assert np.isnan(ev.metrics["eval/win_rate"]) and np.isnan(ev.metrics["eval/win_rate_length_corrected"])
-    assert ev.metrics["eval/kl"] == pytest.approx(final["policy_kl"].mean())
+    # the exact KL: never negative, and the estimate beside it
+    assert ev.metrics["eval/kl"] == pytest.approx(final["policy_kl"].mean()) and (rows["policy_kl"] >= 0).all()
+    assert ev.metrics["eval/kl_ci_low"] <= ev.metrics["eval/kl"] <= ev.metrics["eval/kl_ci_high"]
+    assert rows["policy_kl_k1"].notna().all()
+    # the probes: per response in the table, per policy (snapshot and final) in the result
+    assert set(final["category"]) <= {"harmful", "helpful", "borderline"}
+    assert (final["harmful"] == (final["category"] == "harmful")).all()
+    assert final["reference_ref_nll"].gt(0).all() and final["policy_has_eos"].notna().all()
+    probes = pd.DataFrame(ev.probes)
+    assert sorted(probes["step"].unique()) == [1, 2] and probes["final"].sum() == len(probes) / 2
+    length = probes[(probes["probe"] == "length") & probes["final"]].iloc[0]
+    assert length["policy"] == pytest.approx(final["policy_n_tokens"].mean()) and length["n"] == 3 and length["few"]
+    assert ev.metrics["probe/length"] == length["policy"]
     report = Path(result.report).read_text()
     assert "win rate at equal length" in report and "Reward-model score and win rate against KL" in report
+    assert "Behaviour probes (no judge)" in report and "share cut off without EOS" in report
     for plot in ("eval.png", "reward_kl.png"):
         assert (Path(result.report).parent / plot).read_bytes()[:4] == b"\x89PNG", plot
         assert f"]({plot})" in report, plot
@@ -277,6 +333,9 @@ def test_compare_two_constitutions(prefect_harness, tiny_model_dir, tmp_path):
     assert agreement["pairs"] == both_valid > 0
     assert agreement["same_choice"] == pytest.approx(agreement["same"] / agreement["pairs"])
     assert "judges chose the same response" in report and "answer differently on" in report
+    # the probes of each trained policy, side by side, no judge involved
+    assert "Behaviour of each trained policy, no judge involved" in report
+    assert {p["trained_under"] for p in result.probes} == {"harmless", "concise"}
     # the same comparison again reuses every finished step: same id, same table
     again = compare_pipeline(cfg)
     assert again.compare_id == result.compare_id

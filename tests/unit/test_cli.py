@@ -66,12 +66,47 @@ def test_compare_ends_bad_input_with_one_line(monkeypatch, capsys):
 
 
 def test_the_headline_keeps_labels_and_values_apart(capsys):
+    from flows.results import Figure
+
     result = RunResult(run_id="r", constitution_sha="abc", data="d", checkpoints="c", report="r.md",
-                       stages=Stages(), headline={"held-out ties (the judge's two orders disagree)": 12,
-                                                  "pairs labelled": 30})
+                       stages=Stages(), headline={"held-out ties (the judge's two orders disagree)": Figure(value=12),
+                                                  "pairs labelled": Figure(value=30)})
     print_result(result)
     lines = capsys.readouterr().out.splitlines()
     ties = next(line for line in lines if "ties" in line)
     assert ties.endswith("disagree)  12"), ties
     # the values stand in one column
     assert ties.index("12") == next(line for line in lines if "pairs labelled" in line).index("30")
+
+
+def test_the_verdict_says_what_changed_and_marks_a_judge_near_chance():
+    from flows.reports import headline, verdict
+    from flows.results import EvalResult, FeedbackResult
+
+    probe = {"step": 8, "final": True, "n": 36, "few": False, "reference_ci_low": 0.0, "reference_ci_high": 1.0,
+             "policy_ci_low": 0.0, "policy_ci_high": 1.0}
+    ev = EvalResult(eval="e", metrics={
+        "eval/prompts": 36, "eval/compared": 30, "eval/ties": 20, "eval/invalid": 6, "eval/win_rate": 0.6,
+        "eval/win_rate_ci_low": 0.42, "eval/win_rate_ci_high": 0.75, "eval/kl": 1.2, "eval/kl_ci_low": 0.9,
+        "eval/kl_ci_high": 1.5, "eval/overoptimisation": 0.0},
+        probes=[{**probe, "probe": "length", "label": "mean response length (tokens)", "reference": 30.0,
+                 "policy": 21.0, "diff": -9.0, "diff_ci_low": -12.0, "diff_ci_high": -6.0},
+                {**probe, "probe": "refusal_harmful", "label": "refusal rate, harmful prompts", "n": 12, "few": True,
+                 "reference": 0.25, "policy": 0.33, "diff": 0.08, "diff_ci_low": -0.2, "diff_ci_high": 0.3}])
+    fb = FeedbackResult(critiques="c", preferences="p", metrics={
+        "judge/valid_pairs": 40, "judge/position_consistency": 0.3, "judge/position_consistency_ci_low": 0.18,
+        "judge/position_consistency_ci_high": 0.45, "judge/gate_mode": "warn",
+        "judge/gate_reasons": "chance on its own pairs (...)"})
+    stages = Stages(feedback=fb, evaluate=ev)
+    text = "\n".join(verdict(stages))
+    changed, unchanged = text.split("Not distinguishable")
+    assert "mean response length (tokens) 30 -> 21" in changed and "refusal rate" not in changed
+    assert "refusal rate, harmful prompts (0.25 -> 0.33, n=12, fewer than 20)" in unchanged
+    assert "cannot tell the policy from the reference" in text and "judge near chance" in text
+    assert "Agreement with human labels: not measured" in text
+    figures = headline(stages)
+    assert "judge near chance" in figures["held-out win rate vs reference"].notes
+    assert figures["KL to reference, held-out (nats per response, exact)"].notes == []  # no judge in it
+    # the same run with a judge that passed the gate: no mark
+    passed = fb.model_copy(update={"metrics": {**fb.metrics, "judge/gate_reasons": ""}})
+    assert headline(Stages(feedback=passed, evaluate=ev))["held-out win rate vs reference"].notes == []

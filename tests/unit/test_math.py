@@ -12,7 +12,7 @@ import pandas as pd
 from evaluation.evaluate import length_corrected_win_rate, overoptimised, win_rate
 from rlaif.stats import wilson_interval
 from rlaif.generation import response_mask
-from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, gae,
+from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, exact_kl, gae,
                           kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses,
                           truncated_is_weights)
 from training.reward import expected_calibration_error, soft_bt_loss, split_by_prompt
@@ -55,6 +55,19 @@ def test_kl_estimators():
     assert (kl_estimate(torch.randn(4, 5), torch.randn(4, 5), "k3") >= 0).all()
     with pytest.raises(ValueError, match="unknown KL estimator"):
         kl_estimate(logp, ref, "k2")
+
+
+def test_exact_kl_is_the_expectation_of_k1_and_never_negative():
+    torch.manual_seed(0)
+    logits, ref_logits = torch.randn(2, 3, 11) * 2, torch.randn(2, 3, 11) * 2  # (B, R, V)
+    kl = exact_kl(logits.log_softmax(-1), ref_logits.log_softmax(-1))  # (B, R)
+    p, q = logits.softmax(-1), ref_logits.softmax(-1)
+    assert torch.allclose(kl, (p * (p / q).log()).sum(-1), atol=1e-5) and (kl > 0).all()
+    assert torch.allclose(exact_kl(logits.log_softmax(-1), logits.log_softmax(-1)), torch.zeros(2, 3), atol=1e-6)
+    # k1 on sampled tokens is unbiased for it, but single samples are noisy and can be negative
+    tokens = torch.distributions.Categorical(logits=logits[0, 0]).sample((20000,))
+    k1 = (p[0, 0].log() - q[0, 0].log())[tokens]
+    assert k1.mean() == pytest.approx(kl[0, 0].item(), abs=0.05) and (k1 < 0).any()
 
 
 def test_rewards_put_the_score_on_the_last_response_token():

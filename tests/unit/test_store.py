@@ -159,3 +159,21 @@ def test_an_older_part_reads_with_the_columns_added_since_as_nulls(tmp_path):
     pq.write_table(old.replace_schema_metadata({**t.schema.metadata}), path)
     with pytest.raises(StoreError, match=r"missing columns \['has_eos'\]"):
         store.read("responses")
+
+
+def test_a_version_3_eval_part_reads_its_renamed_columns_under_their_new_names(tmp_path):
+    """Version 3 wrote the judge's ratings as *_harmless and the k1 KL estimate as policy_kl; from
+    4 policy_kl is the exact KL. An old part keeps its numbers under the names that mean them."""
+    from rlaif.store import TABLES
+
+    store = Store(tmp_path)
+    cols = {n: [None, None] for n, _ in TABLES["eval"]}
+    cols.update(prompt_id=["p1", "p2"], policy_adherence=[0.5, -0.5], policy_kl=[0.3, -0.1], final=[True, True])
+    path = store.write("eval", pd.DataFrame(cols), key="k", lineage=lineage())
+    t = pq.read_table(path)
+    v3 = t.drop_columns(["policy_kl_k1", "category", "harmful"])
+    v3 = v3.rename_columns(["policy_harmless" if n == "policy_adherence" else n for n in v3.schema.names])
+    pq.write_table(v3.replace_schema_metadata({**t.schema.metadata, b"rlaif.schema_version": b"3"}), path)
+    df = store.read("eval")
+    assert df["policy_adherence"].tolist() == [0.5, -0.5]
+    assert df["policy_kl_k1"].tolist() == [0.3, -0.1] and df["policy_kl"].isna().all()  # not the exact KL
