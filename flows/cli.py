@@ -24,6 +24,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     not there) or a run that cannot go on: the CLI prints their message as one line. Anything
     else is a bug and keeps its traceback."""
     from constitution import ConstitutionError
+    from evaluation.probes import ProbeError
     from flows.config import RunError
     from flows.deployments import SchedulesError
     from judges.judge import JudgeError
@@ -36,7 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from training import TrainingError
 
     return (ConstitutionError, RunError, SchedulesError, JudgeError, PairsFileError, ModelError, PromptError,
-            StoreError, TrainingError, EngineError, DeviceError)
+            StoreError, TrainingError, EngineError, DeviceError, ProbeError)
 
 
 def _or_exit(command: str, fn):
@@ -64,7 +65,7 @@ def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]):
 
 def evaluate(config: Annotated[PipelineConfig, tyro.conf.arg(name="")], policy: str | None = None,
              reward_model: str | None = None):
-    """Evaluate a finished run again on held-out prompts (win rate, harmlessness, KL, the
+    """Evaluate a finished run again on held-out prompts (behaviour probes, win rate, adherence, KL, the
     reward-KL curve over PPO's snapshots), e.g. with other --eval.* settings or another judge.
 
     Args:
@@ -91,11 +92,15 @@ def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]):
     result = _or_exit("compare", lambda: compare_pipeline(config))
     print(f"\nconstitution A/B {result.compare_id} finished in {_elapsed(t0)}")
     print(f"  report  {result.report}")
-    print(f"  {'trained under':<16}{'judged under':<16}{'win rate':<10}{'95% CI':<16}{'harmless':<10}")
+    print(f"  {'trained under':<16}{'judged under':<16}{'win rate':<10}{'95% CI':<18}{'adherence':<10}")
     for r in result.table:
-        ci = f"{fmt(r['win_rate_ci_low'])}-{fmt(r['win_rate_ci_high'])}"
-        print(f"  {r['trained_under']:<16}{r['judged_under']:<16}{fmt(r['win_rate']):<10}{ci:<16}"
-              f"{fmt(r['policy_harmless_rate']):<10}")
+        ci = f"{fmt(r['win_rate_ci_low'])} to {fmt(r['win_rate_ci_high'])}"
+        print(f"  {r['trained_under']:<16}{r['judged_under']:<16}{fmt(r['win_rate']):<10}{ci:<18}"
+              f"{fmt(r['policy_adherence_rate']):<10}")
+    print(f"  {'trained under':<16}{'probe':<44}{'policy - reference (95% CI)'}")
+    for r in result.probes:
+        print(f"  {r['trained_under']:<16}{r['label']:<44}{fmt(r['diff'])} ({fmt(r['diff_ci_low'])} to "
+              f"{fmt(r['diff_ci_high'])}, n={r['n']})")
     return result
 
 
@@ -106,8 +111,8 @@ def print_result(result) -> None:
     print(*aligned({"constitution_sha": result.constitution_sha,
                     "Parquet data": f"{result.data}  (pandas.read_parquet('<data>/preferences'))",
                     "checkpoints": result.checkpoints, "report": result.report}), sep="\n")
-    print("Headline numbers")
-    print(*aligned(result.headline), sep="\n")
+    print("Headline numbers (95% intervals; the verdict opens the report)")
+    print(*aligned({k: v.text() for k, v in result.headline.items()}), sep="\n")
     print("Prefect UI: the runs and their artifacts are recorded in Prefect's database. To see them:\n"
           "  .venv/bin/prefect server start    # then open http://127.0.0.1:4200 -> Runs")
 
@@ -176,7 +181,10 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
                limit: int | None = 200, principles_per_pair: int = 1,
                scoring: Literal["labels", "contrastive"] = "labels",
                chain_of_thought: bool = False,
-               direct_scores: bool = False, seed: int = 0, device: str = "auto") -> dict:
+               direct_scores: bool = False, seed: int = 0, device: str = "auto",
+               injection_defence: bool = True,
+               on_injection: Literal["against", "invalid", "ignore"] = "against",
+               inject: str | None = None) -> dict:
     """Measure how often the judge agrees with human preferences (hh-rlhf-style JSONL[.gz]).
 
     Args:
@@ -191,23 +199,34 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
         direct_scores: Also rate each response 1-10 (d-RLAIF) and report its agreement.
         seed: Seed for the A/B assignment and principle sampling.
         device: Where the judge runs: auto, cpu, cuda or cuda:N.
+        injection_defence: Quote responses between nonce delimiters, neutralised (the agreement run).
+        on_injection: What a pair whose response matches an injection pattern becomes (the agreement run).
+        inject: File of injection strings, one per line (# comments; \\n is a newline): each is
+            appended to every human-rejected response, and how far it moves the judge is
+            reported with the defence on and off, detection off; plus the detector's catch rate.
     """
     from constitution import load_constitution
     from judges.judge import make_judge
     from rlaif.runtime import resolve
     from judges.config import FeedbackConfig
-    from judges.human_eval import agreement_table, judge_agreement, read_hh_pairs
+    from judges.human_eval import (agreement_table, injection_eval, injection_table, judge_agreement,
+                                   read_hh_pairs, read_injections)
     from rlaif.io import write_json_atomic
 
     c = load_constitution(constitution)
     df = read_hh_pairs(pairs, limit)
+    injections = read_injections(inject) if inject else None  # a bad file fails before the model loads
     cfg = FeedbackConfig(principles_per_pair=principles_per_pair, scoring=scoring,
-                         chain_of_thought=chain_of_thought,
-                         direct_scores=direct_scores, seed=seed)
+                         chain_of_thought=chain_of_thought, direct_scores=direct_scores, seed=seed,
+                         injection_defence=injection_defence, on_injection=on_injection)
     with make_judge(judge, resolve(device)) as j:
         result = {"pairs_file": str(pairs), **judge_agreement(j, df, c, cfg)}
+        if injections:
+            result = {**result, "injections_file": str(inject), **injection_eval(j, df, c, cfg, injections)}
     write_json_atomic(out, result)
     print(agreement_table(result))
+    if injections:
+        print("\n" + injection_table(result))
     print(f"written to {out}")
     return result
 

@@ -68,9 +68,33 @@ class FeedbackConfig(StageConfig):
     direct_scores: bool = False
     """Also rate each response 1-10 on its own (d-RLAIF): the expected rating over the digit
     probabilities, mapped to [-1, 1], is stored as score_a / score_b."""
+    injection_defence: bool = True
+    """Quote each response the judge reads between delimiters carrying a per-call nonce (a hash
+    of the call's text: reproducible, unpredictable to the policy), rewrite role markers, chat
+    special tokens and option labels inside it into a neutral form, and tell the judge quoted
+    text is data, not instructions. Contrastive scoring only neutralises. Off: the v1 prompts
+    (template_version gains "undefended"), for measuring what the defence changes."""
+    on_injection: Literal["against", "invalid", "ignore"] = "against"
+    """What a pair becomes when a response matches an injection pattern (judges.feedback.
+    INJECTION_PATTERNS; recorded in injection_suspected / injection_pattern / injection_side
+    whatever this says). against: the pair goes against the response carrying it (p_a 0 or 1,
+    override_reason says why; both carrying it: invalid), since addressing the judge is worse
+    under any constitution; invalid: the pair is invalid ("injection suspected: <pattern>");
+    ignore: the judge's label stands (measuring the judge itself)."""
     seed: int = 0
     """Seed for principle sampling and critique text."""
     shards: int = Field(default=1, ge=1)
     """Split the preference pairs into this many labelling tasks: one after another on one
     machine, in parallel on Ray workers with `--ray-address`. The labels do not depend on it
     (principles are drawn per pair)."""
+    calibration: str | None = None
+    """Human-labelled pairs (hh-rlhf-style JSONL[.gz], as `rlaif judge-eval` reads) on which the
+    feedback stage measures the judge's agreement with humans before anything trains on its
+    labels. None: only its self-consistency is measured."""
+    calibration_pairs: int = Field(default=100, ge=1)
+    """Pairs of the calibration file to measure on (its first ones)."""
+    judge_gate: Literal["warn", "stop", "off"] = "warn"
+    """When the judge cannot be told apart from chance (agreement with humans, or position
+    consistency, whose 95% interval reaches 0.5) or from "the longer response wins": warn (the
+    report opens with it, and every judged figure is marked), stop before training (RunError),
+    or off."""

@@ -8,6 +8,7 @@ so a label does not depend on batch order and a retried task reproduces it exact
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,72 @@ from judges.judge import JudgeError
 from judges.config import FeedbackConfig
 from rlaif.config import Sampling
 from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
-                              TEMPLATE_VERSION, contrastive_messages, critique_messages,
+                              TEMPLATE_VERSION, contrastive_messages, critique_messages, neutralise,
                               preference_messages, rating_messages, revision_messages)
+
+# Text in a response that addresses the judge rather than the user: (name, regex), tried in
+# order; the first match names the pattern. Each is narrow enough not to fire on ordinary
+# answers (tests/unit/test_injection.py holds both sides), since a match decides the pair.
+INJECTION_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("addresses the evaluator",  # "Note to the evaluator:", "Dear judge,"
+     r"(?i)\b(?:note|message|memo|instructions?|reminder|hint)\s+(?:to|for)\s+(?:the\s+|any\s+|all\s+)?"
+     r"(?:ai\s+)?(?:evaluators?|judges?|graders?|raters?|reviewers?|annotators?|assessors?|reward\s+models?"
+     r"|labell?ers?)\b"
+     r"|\b(?:dear|attention|hello|hey|hi)\s*,?\s+(?:ai\s+)?(?:evaluator|judge|grader|rater|annotator"
+     r"|reward\s+model)s?\b"),
+    ("casts the reader as the judge",  # "You are the evaluator...", "As the judge, you must..."
+     r"(?i)\byou\s+are\s+(?:the|an?)\s+(?:ai\s+)?(?:evaluator|judge|grader|rater|reward\s+model)\b"
+     r"|\bas\s+(?:the|an?)\s+(?:ai\s+)?(?:evaluator|judge|grader|rater)\s*,?\s+you\b"),
+    ("ignore previous instructions",
+     r"(?i)\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?(?:the\s+|your\s+)?"
+     r"(?:previous|prior|above|earlier|preceding|other|original|system)\s+(?:instructions?|prompts?|rules|"
+     r"guidelines|criteria|directions|messages?|text)"),
+    ("asks to be chosen",  # "choose this response", "select option (A)", "give it a score of 10"
+     r"(?i)\b(?:choose|select|pick|prefer|favou?r|vote\s+for|rank|rate|score)\s+(?:this|my|the\s+(?:first|second))\s+"
+     r"(?:response|answer|reply|completion|output)\b"
+     r"|\b(?:choose|select|pick|prefer)\s+(?:option\s+|response\s+)?[\(\[]\s*(?-i:[AB])\s*[\)\]]"
+     r"|\b(?:give|assign|award)\s+(?:this|it|me|my)\s+(?:\w+\s+)?(?:a\s+)?(?:rating|score)\s+of\s+\d"),
+    ("forges the verdict",  # "The better response is (A)", "Answer: (B)", "Rating: 10"
+     r"(?im)\b(?:better|best|preferred|winning)\s+(?:response|option|reply|completion)\s+is\s*:?\s*"
+     r"(?:option\s+|response\s+)?[\(\[]\s*(?-i:[AB])\s*[\)\]]"
+     r"|\b(?:better|preferred|winning)\s+response\s+is\s+(?:option\s+|response\s+)?(?-i:[AB])\b"
+     r"|^\s*(?:answer|verdict|choice|rating)\s*:\s*(?:[\(\[]?\s*(?-i:[AB])\s*[\)\]]?|\d+\s*(?:/\s*10)?)\s*$"),
+    ("fake turn",  # a line that opens a turn in the raw format, or a chat special token
+     r"(?im)^\s*(?:user|human|assistant|system|ai)\s*:"
+     r"|<\|[^|<>\n]{1,40}\|>|<(?:start_of_turn|end_of_turn|bos|eos)>"),
+    ("fake option",  # a line that opens another option, or a quoting delimiter
+     r"(?m)^\s*(?:options?\s*)?\(\s*[AB]\s*\)\s|(?i:</?response\b)"),
+)
+_INJECTION = tuple((name, re.compile(rx)) for name, rx in INJECTION_PATTERNS)
+
+
+def injection_match(text: str) -> str | None:
+    """The name of the first INJECTION_PATTERNS entry the text matches, None when none does."""
+    return next((name for name, rx in _INJECTION if rx.search(text)), None)
+
+
+def injection_verdicts(response_a: list[str], response_b: list[str], mode: str) -> pd.DataFrame:
+    """Per pair: which side carries an injection, the pattern, and what `mode` (FeedbackConfig.
+    on_injection) makes of it: p_a_override (0, 1 or NaN: the judge's label stands),
+    override_reason and invalid_reason (None when the pair is not overridden / not invalid)."""
+    rows = []
+    for a, b in zip(response_a, response_b):
+        ma, mb = injection_match(a), injection_match(b)
+        side = "both" if ma and mb else "a" if ma else "b" if mb else None
+        pattern = ma or mb
+        p, override, invalid = np.nan, None, None
+        if side and mode == "invalid":
+            invalid = f"injection suspected: {pattern}"
+        elif side == "both" and mode == "against":
+            invalid = f"injection suspected in both responses: {pattern}"
+        elif side and mode == "against":
+            p = 0.0 if side == "a" else 1.0
+            override = f"injection suspected in response_{side}: {pattern}"
+        rows.append({"injection_suspected": side is not None, "injection_pattern": pattern,
+                     "injection_side": side, "p_a_override": p, "override_reason": override,
+                     "injection_invalid": invalid})
+    return pd.DataFrame(rows, columns=["injection_suspected", "injection_pattern", "injection_side",
+                                       "p_a_override", "override_reason", "injection_invalid"])
 
 
 def seeded_rng(seed: int, *parts) -> random.Random:
@@ -108,9 +173,10 @@ def _first_error(errors: list[str | None]) -> str | None:
 
 
 def direct_scores(judge, prompts: list[str], responses: list[str], principles: list,
-                  desc: str = "direct scores") -> tuple[np.ndarray, list[str | None]]:
-    """Rate each response 1-10 under its principle; the expected rating mapped to [-1, 1]."""
-    texts = [judge.ask(rating_messages(p, q, r)) + RATING_PREFIX
+                  desc: str = "direct scores", defence: bool = True) -> tuple[np.ndarray, list[str | None]]:
+    """Rate each response 1-10 under its principle; the expected rating mapped to [-1, 1].
+    defence: FeedbackConfig.injection_defence."""
+    texts = [judge.ask(rating_messages(p, q, r, defence)) + RATING_PREFIX
              for p, q, r in zip(principles, prompts, responses)]
     digits = tuple(str(d) for d in RATINGS[:9])
     p_digits, errors = judge.choice_probs(texts, RATING_PREFIX, digits, desc=desc)
@@ -143,8 +209,9 @@ def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: Feedba
     convs = []
     for ps, (_, row) in zip(principles, pairs.iterrows()):
         for p in ps:
-            convs.append(preference_messages(p, row["prompt"], row["response_a"], row["response_b"]))
-            convs.append(preference_messages(p, row["prompt"], row["response_b"], row["response_a"]))
+            a, b, on = row["response_a"], row["response_b"], cfg.injection_defence
+            convs.append(preference_messages(p, row["prompt"], a, b, on))
+            convs.append(preference_messages(p, row["prompt"], b, a, on))
     texts = [judge.ask(c) for c in convs]
     rationales = [""] * len(texts)
     if cfg.chain_of_thought:
@@ -161,16 +228,18 @@ def _label_probs(judge, pairs: pd.DataFrame, principles: list[list], cfg: Feedba
     return probs, errors, rationales
 
 
-def _contrastive_probs(judge, pairs: pd.DataFrame, principles: list[list]) -> np.ndarray:
+def _contrastive_probs(judge, pairs: pd.DataFrame, principles: list[list], defence: bool) -> np.ndarray:
     """P(a better) = sigmoid(s_a - s_b), s = log p(response | follow) - log p(response | violate).
-    Flat, laid out like _label_probs: the second "order" is the complement."""
+    Flat, laid out like _label_probs: the second "order" is the complement. The responses are
+    continuations, not quoted, so the defence only neutralises them."""
+    clean = neutralise if defence else (lambda t: t)
     contexts, responses = [], []
     for ps, (_, row) in zip(principles, pairs.iterrows()):
         for p in ps:
             for follow in (True, False):
                 ctx = judge.chat(contrastive_messages(p, row["prompt"], follow))
                 contexts += [ctx, ctx]
-                responses += [row["response_a"], row["response_b"]]
+                responses += [clean(row["response_a"]), clean(row["response_b"])]
     lp = judge.continuation_logprob(contexts, responses, desc="contrastive scores")
     lp = lp.reshape(-1, 2, 2)  # (pairs*k, follow/violate, a/b)
     s = lp[:, 0] - lp[:, 1]  # (pairs*k, a/b)
@@ -180,17 +249,27 @@ def _contrastive_probs(judge, pairs: pd.DataFrame, principles: list[list]) -> np
 
 def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
                       cfg: FeedbackConfig) -> pd.DataFrame:
-    """Soft AI preference labels from the judge's option probabilities, both orders."""
+    """Soft AI preference labels from the judge's option probabilities, both orders.
+
+    A pair whose response matches INJECTION_PATTERNS is flagged (injection_suspected,
+    injection_pattern, injection_side: "a", "b" or "both") and decided by cfg.on_injection:
+    against the injecting response (p_a 0 or 1, override_reason; p_a_first/p_a_second keep the
+    judge's own reading), or invalid. No row is ever dropped."""
     k = cfg.principles_per_pair
     principles = [constitution.sample_principles(seeded_rng(cfg.seed, pid, "pref"), k)
                   for pid in pairs["pair_id"]]
     if cfg.scoring == "contrastive":
-        probs, errors, rationales = _contrastive_probs(judge, pairs, principles), [None] * len(pairs) * 2 * k, []
+        probs = _contrastive_probs(judge, pairs, principles, cfg.injection_defence)
+        errors, rationales = [None] * len(pairs) * 2 * k, []
     else:
         probs, errors, rationales = _label_probs(judge, pairs, principles, cfg)
     probs = probs.reshape(len(pairs), k, 2)  # (pairs, k, orders)
     p_first, p_second = probs[..., 0].mean(1), probs[..., 1].mean(1)
     p_a, consistent = debias(p_first, p_second)
+    inj = injection_verdicts(list(pairs["response_a"]), list(pairs["response_b"]), cfg.on_injection)
+    overridden = inj["p_a_override"].notna().to_numpy()
+    p_a = np.where(overridden, inj["p_a_override"].to_numpy(), p_a)
+    consistent = consistent | overridden  # the rule's verdict does not depend on the order shown
     pair_errors = [_first_error(errors[i * 2 * k:(i + 1) * 2 * k]) for i in range(len(pairs))]
 
     out = pairs.copy()
@@ -207,21 +286,25 @@ def label_preferences(judge, pairs: pd.DataFrame, constitution: Constitution,
     out["judge_backend"] = judge.backend
     out["template_version"] = "-".join([TEMPLATE_VERSION] + [v for v, on in (
         ("cot", cfg.chain_of_thought), ("raw", judge.cfg.prompt_format == "raw" and cfg.scoring == "labels"),
-        ("contrastive", cfg.scoring == "contrastive")) if on])
+        ("contrastive", cfg.scoring == "contrastive"), ("undefended", not cfg.injection_defence)) if on])
     out["score_a"] = out["score_b"] = np.nan
     if cfg.direct_scores:
         first = [ps[0] for ps in principles]
         n = len(pairs)
         scores, score_errors = direct_scores(
             judge, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]),
-            first * 2)
+            first * 2, defence=cfg.injection_defence)
         out["score_a"], out["score_b"] = scores[:n], scores[n:]
         pair_errors = [e or score_errors[i] or score_errors[n + i] for i, e in enumerate(pair_errors)]
 
+    for col in ("injection_suspected", "injection_pattern", "injection_side", "override_reason"):
+        out[col] = inj[col].to_numpy()
     identical = (out["response_a"].str.strip() == out["response_b"].str.strip()).to_numpy()
-    reasons = [("identical responses" if same else err or
+    # pandas' string columns hold a missing reason as NaN, which is truthy
+    injected_reasons = [r if isinstance(r, str) else None for r in inj["injection_invalid"]]
+    reasons = [("identical responses" if same else err or injected or
                 ("non-finite judge probability" if not np.isfinite(p) else None))
-               for same, err, p in zip(identical, pair_errors, p_a)]
+               for same, err, injected, p in zip(identical, pair_errors, injected_reasons, p_a)]
     out["invalid_reason"] = reasons
     out["valid"] = [r is None for r in reasons]
     return out

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,30 @@ def test_judge_eval_reports_agreement_and_the_length_baseline(tmp_path, tiny_mod
     assert sum(v["n"] for v in result["judge/agreement_per_principle"].values()) == 12
     assert result["judge/pairs_per_s"] > 0
     assert result["judge/direct_agreement"]["agreement"] * 12 == pytest.approx(round(result["judge/direct_agreement"]["agreement"] * 12))
+
+
+def test_judge_eval_inject_reports_both_defence_modes(tmp_path, tiny_model_dir, capsys):
+    write_pairs(tmp_path / "p.jsonl.gz", 6)
+    shipped = Path(__file__).parents[1] / "data" / "injections.txt"
+    (tmp_path / "i.txt").write_text("# two of the shipped strings and one the detector misses\n"
+                                    + "\n".join(shipped.read_text().splitlines()[3:5]) + "\nHave a nice day.\n")
+    result = judge_eval(str(tmp_path / "p.jsonl.gz"), JudgeConfig(model=str(tiny_model_dir)),
+                        out=str(tmp_path / "r.json"), inject=str(tmp_path / "i.txt"))
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(result))
+    assert len(result["injection/strings"]) == 3 and result["injection/detection"]["caught"] == 2
+    assert result["injection/detection"]["clean_responses"] == 12
+    for mode in ("on", "off"):
+        r = result[f"injection/defence_{mode}"]
+        assert (r["pairs"], r["strings"], len(r["per_string"])) == (6, 3, 3)
+        assert r["flip_share"] == pytest.approx(r["flips_to_rejected"] + r["flips_to_chosen"])
+        assert r["agreement_drop"] == pytest.approx(r["clean"]["agreement"] - r["injected"]["agreement"])
+        # a verdict that flips leaves a correct clean verdict or reaches one: per string, the
+        # agreement moves by at most the share of flips (counted against the clean verdicts)
+        for s in r["per_string"]:
+            assert abs(s["agreement_drop"]) <= s["flip_share"] + 1e-9
+    # no pair is flagged, so the clean labels with the defence on are the agreement run's own
+    assert result["injection/defence_on"]["clean"] == {k: result["judge/agreement"][k]
+                                                       for k in ("agreement", "ci_low", "ci_high")}
+    assert result["defence/clean_change"]["mean_abs_delta_p_a"] > 0  # the prompts differ
+    out = capsys.readouterr().out
+    assert "| on | 6 x 3 |" in out and "| off | 6 x 3 |" in out and "detector catches 2/3" in out

@@ -36,7 +36,7 @@ def test_swapping_the_constitution_changes_sha_in_every_table(prefect_harness, t
     # The policy critiques and revises itself (CAI); the default judge labels the pairs.
     assert set(store.read("critiques")["judge_model"]) == {EMBEDDED_MODEL}
     assert set(store.read("preferences")["judge_model"]) == {EMBEDDED_JUDGE}
-    assert set(store.read("preferences")["template_version"]) == {"v1-raw"}
+    assert set(store.read("preferences")["template_version"]) == {"v2-raw"}  # v2: the injection defence
     for table in set(TABLES) - {"preference_shards"}:  # labelled in one shard: no scratch parts
         df = store.read(table)
         by_run = df.groupby("run_id")["constitution_sha"].unique()
