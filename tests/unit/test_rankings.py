@@ -1,0 +1,77 @@
+"""Rankings from head-to-head judgements (judges/rankings.py), on planted outcomes."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from judges.rankings import bradley_terry, elo, intransitive_triples
+
+
+def spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return np.corrcoef(ra, rb)[0, 1]
+
+
+def planted(n=20, repeats=3, seed=0):
+    """Hard outcomes of every pair, `repeats` times, drawn from known strengths."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(0, 1.5, n)
+    comps = [(i, j, float(rng.random() < 1 / (1 + np.exp(-(s[i] - s[j])))))
+             for i, j in itertools.combinations(range(n), 2) for _ in range(repeats)]
+    return s, comps
+
+
+def test_bradley_terry_recovers_planted_strengths():
+    s, comps = planted()
+    fit = bradley_terry(20, comps)
+    assert spearman(fit, s) >= 0.9
+    assert fit.mean() == pytest.approx(0, abs=1e-9)
+
+
+def test_bradley_terry_takes_soft_labels_as_they_are():
+    """Two items judged 0.8 to 0.2 a hundred times: the strength gap is logit(0.8), up to the prior."""
+    fit = bradley_terry(2, [(0, 1, 0.8)] * 100, prior=1e-6)
+    assert fit[0] - fit[1] == pytest.approx(np.log(0.8 / 0.2), rel=1e-4)
+    # the same with the items swapped in half the rows
+    fit2 = bradley_terry(2, [(0, 1, 0.8)] * 50 + [(1, 0, 0.2)] * 50, prior=1e-6)
+    assert fit2 == pytest.approx(fit, abs=1e-6)
+
+
+def test_an_item_that_wins_everything_stays_finite_and_first():
+    fit = bradley_terry(3, [(0, 1, 1.0), (0, 2, 1.0), (1, 2, 0.7)])
+    assert np.isfinite(fit).all() and list(np.argsort(-fit)) == [0, 1, 2]
+
+
+def test_bad_comparisons_are_named():
+    with pytest.raises(ValueError, match="two different items in 0..2"):
+        bradley_terry(3, [(0, 3, 0.5)])
+    with pytest.raises(ValueError, match="two different items"):
+        bradley_terry(3, [(1, 1, 0.5)])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        bradley_terry(3, [(0, 1, 1.5)])
+
+
+def test_elo_orders_a_transitive_set_and_its_interval_reflects_the_order():
+    comps = [(i, j, 1.0) for i, j in itertools.combinations(range(4), 2)] * 5  # 0 > 1 > 2 > 3
+    r = elo(4, comps, orders=50)
+    assert list(np.argsort(-r["mean"])) == [0, 1, 2, 3]
+    assert (r["ci_high"] - r["ci_low"] > 0).all()  # the order of the games moves the ratings
+    assert r["mean"].sum() == pytest.approx(4 * 1000)  # zero-sum updates
+    s, planted_comps = planted(n=10, repeats=5, seed=1)
+    assert spearman(elo(10, planted_comps, orders=20)["mean"], s) >= 0.8
+
+
+def test_intransitive_triples_find_a_planted_cycle_and_none_in_a_transitive_set():
+    assert intransitive_triples(3, [(0, 1, 1.0), (1, 2, 0.9), (2, 0, 0.8)]) == (1, 1)
+    assert intransitive_triples(4, [(i, j, 0.9) for i, j in itertools.combinations(range(4), 2)]) == (0, 4)
+    # a pair judged 0.5 on average decides nothing; a pair never judged leaves its triples out
+    assert intransitive_triples(3, [(0, 1, 1.0), (1, 2, 1.0), (2, 0, 0.7), (0, 2, 0.7)]) == (0, 0)
+    assert intransitive_triples(3, [(0, 1, 1.0), (1, 2, 1.0)]) == (0, 0)
+
+
+def test_a_judge_answering_at_random_has_a_quarter_of_its_triples_cyclic():
+    rng = np.random.default_rng(0)
+    comps = [(i, j, float(rng.random() < 0.5)) for i, j in itertools.combinations(range(30), 2)]
+    cyclic, n = intransitive_triples(30, comps)
+    assert n == 4060 and 0.2 < cyclic / n < 0.3
