@@ -160,6 +160,16 @@ def probe_rows(rows: pd.DataFrame, seed: int = 0, resamples: int = 2000) -> list
     return out
 
 
+def policy_against_policy(a: pd.DataFrame, b: pd.DataFrame, seed: int = 0, resamples: int = 2000) -> list[dict]:
+    """Two policies' probes on the held-out prompts both answered (same prompts and sampling
+    seeds: two evaluations' final rows), as probe_rows gives them: `policy` is a's, `reference`
+    b's, and `diff` a - b, resampled together over prompts."""
+    cols = [f"policy_{c}" for c in COLUMNS]
+    m = a[["prompt_id", "harmful", *cols]].merge(b[["prompt_id", *cols]], on="prompt_id", suffixes=("", "_b"))
+    m = m.rename(columns={f"{c}_b": c.replace("policy_", "reference_") for c in cols})
+    return probe_rows(m, seed, resamples)
+
+
 def changed(row: dict) -> bool:
     """The policy - reference difference's interval excludes 0."""
     return bool(row["diff_ci_low"] > 0 or row["diff_ci_high"] < 0)

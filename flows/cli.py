@@ -101,6 +101,10 @@ def compare(config: Annotated[CompareConfig, tyro.conf.arg(name="")]):
     for r in result.probes:
         print(f"  {r['trained_under']:<16}{r['label']:<44}{fmt(r['diff'])} ({fmt(r['diff_ci_low'])} to "
               f"{fmt(r['diff_ci_high'])}, n={r['n']})")
+    for r in result.policy_diffs:
+        pair = f"{r['a']} - {r['b']}"
+        print(f"  {pair:<16}{r['label']:<44}{fmt(r['diff'])} ({fmt(r['diff_ci_low'])} to "
+              f"{fmt(r['diff_ci_high'])}, n={r['n']})")
     return result
 
 

@@ -16,6 +16,7 @@ from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline, prepare_run
 from flows.reports import compare_markdown
 from flows.results import CompareResult, EvalResult, RunResult
+from evaluation.probes import policy_against_policy
 from rlaif.io import write_text_atomic
 from rlaif.paths import report_dir
 from rlaif.store import Store
@@ -119,10 +120,13 @@ def compare_report(config: CompareConfig, cid: str, names: dict[str, str], runs:
 
     probes = pd.DataFrame([{"trained_under": stem, **r} for stem, run in runs.items()
                            for r in run.stages.evaluate.probes if r["final"]])
-    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples, probes)
+    diffs = pd.DataFrame([{"a": x, "b": y, **r} for i, x in enumerate(stems) for y in stems[i + 1:]
+                          for r in policy_against_policy(evals[x], evals[y], config.eval.seed,
+                                                         config.eval.probe_resamples)])
+    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples, probes, diffs)
     out = write_text_atomic(report_dir(config.data, cid) / "compare.md", markdown)
     create_markdown_artifact(key="compare-report", markdown=markdown, description=f"constitution A/B {cid}")
     return CompareResult(compare_id=cid, report=str(out.resolve()), table=table.to_dict("records"),
-                         probes=probes.to_dict("records"),
+                         probes=probes.to_dict("records"), policy_diffs=diffs.to_dict("records"),
                          label_agreement={f"{x}/{y}": a for (x, y), a in agreement.items()},
                          runs={stem: run.run_id for stem, run in runs.items()})

@@ -220,7 +220,7 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
 
 
 def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agreement: dict,
-                     differ: dict, samples: pd.DataFrame, probes: pd.DataFrame) -> str:
+                     differ: dict, samples: pd.DataFrame, probes: pd.DataFrame, diffs: pd.DataFrame) -> str:
     lines = [f"# Constitution A/B `{cid}`", "",
              *[f"- **{n}**: `{path}`" for n, path in names.items()], "",
              "## How each trained policy fares under each constitution", "",
@@ -251,6 +251,16 @@ def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agree
             cells.append(f"**{text}**" if r.diff_ci_low > 0 or r.diff_ci_high < 0 else text)
         lines.append(f"| {first.label} | {first.n}{' (fewer than 20)' if first.few else ''} | {fmt(first.reference)} "
                      f"({fmt(first.reference_ci_low)} to {fmt(first.reference_ci_high)}) | " + " | ".join(cells) + " |")
+    lines += ["", "## Policy against policy, no judge involved", "",
+              "Each two trained policies on the same held-out prompts and seeds; the difference's 95% interval "
+              "resamples both policies' answers to a prompt together; bold: it excludes 0.", "",
+              "| probe | n | policy A | A | policy B | B | A - B (95% CI) |", "|---|---|---|---|---|---|---|"]
+    for r in diffs.itertuples():
+        text = f"{fmt(r.diff)} ({fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)})"
+        lines.append(f"| {r.label} | {r.n}{' (fewer than 20)' if r.few else ''} "
+                     f"| {r.a} | {fmt(r.policy)} ({fmt(r.policy_ci_low)} to {fmt(r.policy_ci_high)}) "
+                     f"| {r.b} | {fmt(r.reference)} ({fmt(r.reference_ci_low)} to {fmt(r.reference_ci_high)}) "
+                     f"| {f'**{text}**' if r.diff_ci_low > 0 or r.diff_ci_high < 0 else text} |")
     lines += ["", "## What the swap changed", ""]
     lines += [f"- Feedback: on the {a['pairs']} pairs both judged, the **{x}** and **{y}** judges chose the same "
               f"response on {a['same']} ({a['same_choice']:.0%}); the correlation of their P(a better) is "

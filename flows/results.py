@@ -112,5 +112,8 @@ class CompareResult(BaseModel):
     table: list[dict]
     probes: list[dict] = []
     """Each trained policy's behaviour probes (its own evaluation's final policy)."""
+    policy_diffs: list[dict] = []
+    """Each two trained policies' probes side by side (evaluation.probes.policy_against_policy):
+    `a` and `b` name them; `policy` is a's value, `reference` b's, `diff` a - b."""
     label_agreement: dict[str, dict]
     runs: dict[str, str]

@@ -336,6 +336,14 @@ def test_compare_two_constitutions(prefect_harness, tiny_model_dir, tmp_path):
     # the probes of each trained policy, side by side, no judge involved
     assert "Behaviour of each trained policy, no judge involved" in report
     assert {p["trained_under"] for p in result.probes} == {"harmless", "concise"}
+    # and against each other: harmless - concise, probe by probe
+    assert "Policy against policy, no judge involved" in report
+    assert {(d["a"], d["b"]) for d in result.policy_diffs} == {("harmless", "concise")}
+    by_probe = {(p["trained_under"], p["probe"]): p["policy"] for p in result.probes}
+    for d in result.policy_diffs:
+        if d["n"]:
+            assert d["policy"] == pytest.approx(by_probe["harmless", d["probe"]], nan_ok=True), d["probe"]
+            assert d["reference"] == pytest.approx(by_probe["concise", d["probe"]], nan_ok=True), d["probe"]
     # the same comparison again reuses every finished step: same id, same table
     again = compare_pipeline(cfg)
     assert again.compare_id == result.compare_id

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.probes import (REFUSAL_PATTERNS, ProbeError, changed, distinct_n, load_refusal_patterns,
+from evaluation.probes import (REFUSAL_PATTERNS, policy_against_policy, ProbeError, changed, distinct_n, load_refusal_patterns,
                                probe_rows, refused, repeats_ngram)
 from judges.quality import doubts, self_consistency
 from rlaif.stats import bootstrap_interval
@@ -109,3 +109,20 @@ def test_the_gate_flags_a_judge_at_chance_and_passes_a_consistent_one():
     assert len(reasons) == 2 and "human-labelled" in reasons[0] and "longer response wins" in reasons[1]
     good = {**human, "judge/agreement": 0.75, "judge/agreement_ci_low": 0.69, "judge/agreement_ci_high": 0.8}
     assert doubts(good) == []
+
+
+def test_two_policies_are_compared_prompt_by_prompt():
+    """Two evaluations' final rows, in different orders: the policy against the reference of
+    `planted` is the same comparison as that policy against another evaluation's policy that
+    answered like the reference, joined on prompt_id."""
+    rows = planted().assign(prompt_id=lambda d: [f"p{i}" for i in range(len(d))])
+    a = rows[["prompt_id", "harmful", *[c for c in rows if c.startswith("policy_")]]]
+    b = rows[["prompt_id", "harmful", *[c for c in rows if c.startswith("reference_")]]]
+    b = b.rename(columns=lambda c: c.replace("reference_", "policy_")).sample(frac=1, random_state=0)
+    expected = probe_rows(rows, resamples=300)
+    got = policy_against_policy(a, b, resamples=300)
+    for e, g in zip(expected, got):
+        assert g["probe"] == e["probe"] and g["n"] == e["n"]
+        assert (g["policy"], g["reference"], g["diff"]) == pytest.approx((e["policy"], e["reference"], e["diff"]),
+                                                                          nan_ok=True)
+    assert changed(next(g for g in got if g["probe"] == "length"))
