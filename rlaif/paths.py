@@ -13,7 +13,8 @@ Every path of one run comes from its `RunLayout`:
         policy.checkpoint.pt                     PPO's resumable state, beside the policy
         policy-snapshots/step-NNNN/              intermediate policies (the reward-KL curve)
         .launch/<stage>/                         a stage run across processes: its pickled
-                                                 arguments, rank 0's result, a failed rank's error
+                                                 arguments and a failed rank's error (removed
+                                                 once the stage succeeds)
     <data>/reports/<run_id>/                     report.md, evaluation.md, PNGs
     <data>/.cache/                               Prefect's step-cache records
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import traceback
@@ -175,6 +176,7 @@ def launch(target: str, kwargs: dict, cfg: DistributedConfig, runtime: Runtime, 
     if not cfg.accelerate_config and result["world"] != cfg.num_processes:
         raise TrainingError(f"{target}: asked for {cfg.num_processes} processes, the launcher started "
                             f"{result['world']}")
+    shutil.rmtree(folder, ignore_errors=True)  # a copy of the stage's inputs; kept only when it failed
     return result["out"]
 
 

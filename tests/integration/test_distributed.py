@@ -76,6 +76,7 @@ def test_reward_model_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path,
     assert summary["rm/heldout_pairs"] == one["rm/heldout_pairs"] == 2
     assert summary["rm/reward_mean"] == pytest.approx(one["rm/reward_mean"], abs=1e-4)
     assert_same_weights(tmp_path / "one", tmp_path / "two")
+    assert not (tmp_path / "launch").exists()  # the launch's copy of the inputs is gone once it succeeded
 
 
 def test_sft_on_two_ranks_reaches_the_loss_of_one_process(tiny_model_dir, tmp_path):
@@ -96,6 +97,7 @@ def test_a_failing_rank_fails_the_stage_with_its_error(tiny_model_dir, tmp_path)
     with pytest.raises(TrainingError, match=r"rank0 failed: training.TrainingError: reward model: no valid preference pairs"):
         two_ranks("training.reward:train_reward_model", tmp_path, **args)
     assert not (tmp_path / "rm").exists()
+    assert "no valid preference pairs" in (tmp_path / "launch" / "error-rank0.txt").read_text()  # kept to read
 
 
 def test_an_accelerate_config_file_launches_the_stage(tiny_model_dir, tmp_path):
