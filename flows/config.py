@@ -21,7 +21,7 @@ from evaluation.config import EvalConfig
 from judges.config import FeedbackConfig, JudgeConfig
 from rlaif.config import EMBEDDED_MODEL, DType, EngineConfig, GenerateConfig, Transformers
 from rlaif.paths import RunLayout, default_data_root
-from training.config import PPOConfig, RewardConfig, SFTConfig
+from training.config import DistributedConfig, PPOConfig, RewardConfig, SFTConfig
 
 
 class RunError(ValueError):
@@ -61,6 +61,8 @@ class PipelineConfig(BaseModel):
     """Label the preference shards (--feedback.shards) in parallel on Ray: 'local' starts a
     temporary Ray instance on this machine, 'auto' or 'ray://host:10001' joins a running
     cluster (needs the `ray` extra). None: no Ray."""
+    train: DistributedConfig = DistributedConfig()
+    """How many processes train SFT, the reward model and PPO (docs/distributed.md)."""
     generate: GenerateConfig = GenerateConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     sft: SFTConfig = SFTConfig()
@@ -104,6 +106,7 @@ class RunContext(BaseModel):
     policy_engine: EngineConfig = Transformers(batch_size=16)
     device: str = "auto"
     dtype: DType = "auto"
+    train: DistributedConfig = DistributedConfig()
 
     @property
     def runtime(self):

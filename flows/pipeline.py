@@ -55,13 +55,30 @@ def prepare_run(config: PipelineConfig) -> RunContext:
     load_refusal_patterns(config.eval.refusal_patterns)
     Store(config.data).check_writable()
     resolve(config.device, config.dtype)  # a device this machine lacks fails here, before any work
+    check_launch(config)
     return RunContext(
         run_id=config.run_id or new_run_id(), data=str(config.data),
         constitution_path=str(resolve_path(config.constitution).resolve()),
         constitution_sha=constitution.sha, prompts=config.prompts,
         policy_model=config.policy_model, judge=config.judge, policy_engine=config.policy_engine,
-        device=config.device, dtype=config.dtype,
+        device=config.device, dtype=config.dtype, train=config.train,
     )
+
+
+def check_launch(config: PipelineConfig) -> None:
+    """Settings that training across processes cannot honour fail before any model work."""
+    train = config.train
+    if train.accelerate_config and not Path(train.accelerate_config).is_file():
+        raise RunError(f"--train.accelerate-config {train.accelerate_config!r}: no such file")
+    if not train.launched:
+        return
+    if config.ppo.reward_source == "judge":
+        raise RunError("--ppo.reward-source judge runs in one process: the judge lives in the flow's process; "
+                       "use --train.num-processes 1, or the reward model")
+    if config.policy_engine.kind != "transformers":
+        raise RunError(f"PPO across processes rolls out with the transformers engine in each rank, not "
+                       f"policy-engine:{config.policy_engine.kind}; use policy-engine:transformers "
+                       "or --train.num-processes 1")
 
 
 @task

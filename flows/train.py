@@ -16,6 +16,7 @@ from rlaif.models import load_tokenizer
 from rlaif.prompts import assert_no_eval, eval_prompt_ids, fit_to_context, load_prompts
 from rlaif.store import Store
 from training.config import PPOConfig, RewardConfig, SFTConfig
+from training.distributed import run_stage
 from training.ppo import train_ppo
 from training.reward import train_reward_model
 from training.sft import train_sft
@@ -32,8 +33,9 @@ def sft_task(ctx: RunContext, cfg: SFTConfig, critiques_paths: list[str]) -> SFT
     critiques = store.read_parts("critiques", critiques_paths)
     assert_no_eval(critiques, "sft", eval_prompt_ids(ctx.prompts))
     out = ctx.layout.sft
-    summary, metrics = train_sft(critiques, ctx.policy_model, out, cfg, lineage(ctx, inputs=critiques_paths),
-                                 ctx.runtime)
+    summary, metrics = run_stage(train_sft, dict(critiques=critiques, policy_model=ctx.policy_model, out_dir=out,
+                                                 cfg=cfg, lineage=lineage(ctx, inputs=critiques_paths)),
+                                 ctx.train, ctx.runtime, ctx.layout.launch("sft"))
     path = store.write("sft_metrics", pd.DataFrame(metrics).assign(model=str(out)), key=f"{ctx.run_id}/sft_metrics",
                        lineage=ctx.lineage(), metadata={"config": cfg.model_dump(), "inputs": critiques_paths})
     return SFTResult(policy=str(out), sft_metrics=str(path), metrics=summary)
@@ -49,8 +51,10 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
     assert_no_eval(prefs, "reward model", held_out)
     assert_no_eval(reference, "reward model", held_out)
     out = ctx.layout.reward_model
-    summary, metrics = train_reward_model(prefs, reference, ctx.policy_model, out, cfg,
-                                          lineage(ctx, inputs=[*preferences_paths, *responses_paths]), ctx.runtime)
+    summary, metrics = run_stage(train_reward_model, dict(
+        prefs=prefs, reference_responses=reference, base_model=ctx.policy_model, out_dir=out, cfg=cfg,
+        lineage=lineage(ctx, inputs=[*preferences_paths, *responses_paths])), ctx.train, ctx.runtime,
+        ctx.layout.launch("reward_model"))
     df = pd.DataFrame(metrics).assign(reward_model=str(out))
     path = store.write("rm_metrics", df, key=f"{ctx.run_id}/rm_metrics",
                        lineage=ctx.lineage(judge_model=ctx.judge.model), metadata={"config": cfg.model_dump()})
@@ -68,10 +72,14 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> PPOResult:
         judge = make_judge(ctx.judge, ctx.runtime)
         scorer = judge_reward(judge, load_constitution(ctx.constitution_path), cfg.seed)
         judge_model = extra["judge_model"] = ctx.judge.model
-    progress = Progress("ppo-progress", cfg.steps, "PPO steps", ("objective/scores", "objective/kl"))
+    # across processes the ranks report to their own terminal: no per-step artifact, no judge
+    progress = (None if ctx.train.launched else
+                Progress("ppo-progress", cfg.steps, "PPO steps", ("objective/scores", "objective/kl")))
     try:
-        metrics = train_ppo(prompts, ctx.policy_model, reward_model, out, cfg, lineage(ctx, **extra),
-                            scorer=scorer, on_step=progress, engine=ctx.policy_engine, runtime=ctx.runtime)
+        metrics = run_stage(train_ppo, dict(prompts=prompts, policy_model=ctx.policy_model, reward_model=reward_model,
+                                            out_dir=out, cfg=cfg, lineage=lineage(ctx, **extra), scorer=scorer,
+                                            on_step=progress, engine=ctx.policy_engine),
+                            ctx.train, ctx.runtime, ctx.layout.launch("ppo"))
     finally:
         if judge is not None:
             judge.close()

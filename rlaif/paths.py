@@ -12,6 +12,9 @@ Every path of one run comes from its `RunLayout`:
         policy/                                  final PPO policy
         policy.checkpoint.pt                     PPO's resumable state, beside the policy
         policy-snapshots/step-NNNN/              intermediate policies (the reward-KL curve)
+        .launch/<stage>/                         a stage run across processes: its pickled
+                                                 arguments and a failed rank's error (removed
+                                                 once the stage succeeds)
     <data>/reports/<run_id>/                     report.md, evaluation.md, PNGs
     <data>/.cache/                               Prefect's step-cache records
 
@@ -81,6 +84,9 @@ class RunLayout:
     @property
     def policy(self) -> Path:
         return self.checkpoints / "policy"
+
+    def launch(self, stage: str) -> Path:
+        return self.checkpoints / ".launch" / stage
 
     @property
     def reports(self) -> Path:

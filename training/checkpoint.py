@@ -22,12 +22,14 @@ def snapshot_steps(steps: int, n: int) -> set[int]:
     return {round(steps * k / (n + 1)) for k in range(1, n + 1)} - {0, steps}
 
 
-def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame) -> dict:
-    """What must match for a checkpoint to be continued: the inputs and every setting but the
-    run's length."""
+def run_identity(cfg: PPOConfig, policy_model: str, reward_model: str, prompts: pd.DataFrame,
+                 processes: int = 1) -> dict:
+    """What must match for a checkpoint to be continued: the inputs, every setting but the
+    run's length, and the number of processes (each rank's share of a batch depends on it)."""
     return {**cfg.model_dump(exclude={"steps", "checkpoint_every", "snapshots", "n_samples_logged"}),
             "policy_model": str(resolve_model(policy_model)), "reward_model": str(reward_model),
-            "prompt_ids": hashlib.sha256("\n".join(prompts["prompt_id"]).encode()).hexdigest()}
+            "prompt_ids": hashlib.sha256("\n".join(prompts["prompt_id"]).encode()).hexdigest(),
+            **({"processes": processes} if processes > 1 else {})}  # one process: as before ranks existed
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -44,12 +46,13 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
 
 class Checkpoint:
     """PPO's resumable state beside the policy folder: the trainable weights of the policy and
-    the critic, the optimizer, the KL coefficient, the RNG state (CPU, and CUDA on a GPU), the
-    step and the metrics so far. Resuming from it continues bit-identically where the rollout
-    engine is deterministic for a seed."""
+    the critic, the optimizer, the KL coefficient, the RNG state (CPU, and CUDA on a GPU; a
+    list, one per rank, when several processes train), the step and the metrics so far.
+    Resuming from it continues bit-identically where the rollout engine is deterministic for a
+    seed. Rank 0 writes it; every rank reads it."""
 
-    def __init__(self, out_dir: str | Path, identity: dict, runtime: Runtime):
-        self.path, self.identity, self.runtime = checkpoint_file(out_dir), identity, runtime
+    def __init__(self, out_dir: str | Path, identity: dict, runtime: Runtime, rank: int = 0):
+        self.path, self.identity, self.runtime, self.rank = checkpoint_file(out_dir), identity, runtime, rank
 
     def load(self, steps: int, policy, critic, optimizer) -> tuple[int, float | None, list[dict]]:
         """Restore into the given objects; returns (step, kl_coef, metrics), or (0, None, [])
@@ -70,14 +73,18 @@ class Checkpoint:
         load_trainable_state(policy, state["policy"])
         load_trainable_state(critic, state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
-        self.runtime.set_rng_state(state["rng"])
-        print(f"ppo: resuming from {self.path} at step {state['step']}")
+        self.runtime.set_rng_state(state["rng"][self.rank] if isinstance(state["rng"], list) else state["rng"])
+        if self.rank == 0:
+            print(f"ppo: resuming from {self.path} at step {state['step']}")
         return state["step"], state["kl_coef"], state["metrics"]
 
-    def save(self, step: int, policy, critic, optimizer, kl_coef: float, metrics: list[dict]) -> None:
+    def save(self, step: int, policy, critic, optimizer, kl_coef: float, metrics: list[dict],
+             rng: dict | list[dict] | None = None) -> None:
+        """`rng`: every rank's RNG state, in rank order, under several processes; None: this
+        process's."""
         state = {"step": step, "identity": self.identity, "policy": trainable_state(policy),
                  "value_model": trainable_state(critic), "optimizer": optimizer.state_dict(),
-                 "kl_coef": kl_coef, "rng": self.runtime.rng_state(), "metrics": metrics}
+                 "kl_coef": kl_coef, "rng": rng if rng is not None else self.runtime.rng_state(), "metrics": metrics}
         write_file_atomic(self.path, lambda tmp: torch.save(state, tmp))  # a crash keeps the previous one
 
     def kept(self) -> str:

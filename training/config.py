@@ -10,6 +10,28 @@ from pydantic import Field, field_validator
 from rlaif.config import Sampling, StageConfig, Trainable
 
 
+class DistributedConfig(StageConfig):
+    """How many processes train each of SFT, the reward model and PPO (training.distributed).
+    Every rank sees a share of each global batch; results match one process's within float
+    tolerance (docs/distributed.md)."""
+
+    num_processes: int = Field(default=1, ge=1)
+    """Processes per training stage: 1 trains in the flow's own process; N launches `torchrun
+    --standalone --nproc_per_node N` (one per GPU on a GPU machine, gloo on a CPU)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every rank holds the whole model and the gradients are averaged (DDP); fsdp:
+    FSDP2's fully_shard per decoder layer, parameters, gradients and optimizer state sharded."""
+    accelerate_config: str | None = None
+    """An accelerate config file (training/accelerate/*.yaml): the stage is launched with
+    `accelerate launch --config_file FILE`, which then sets the process count, the machines
+    and the main process's address; num_processes is not read."""
+
+    @property
+    def launched(self) -> bool:
+        """Whether the stages run in launched processes rather than in the flow's own."""
+        return self.num_processes > 1 or self.accelerate_config is not None
+
+
 class SFTConfig(StageConfig):
     """Optional stage 2b (SL-CAI): fine-tune the policy on the final revisions."""
 
@@ -24,8 +46,7 @@ class SFTConfig(StageConfig):
     """Examples per optimisation step."""
     micro_batch_size: int | None = Field(default=None, ge=1)
     """Examples per forward and backward pass, gradients accumulated over the batch (None:
-    the whole batch at once). The loss is the example-weighted mean of the micro-batches'
-    token means, so with micro-batches it weights examples, not tokens, equally."""
+    the whole batch at once). Either way the loss is the mean over the batch's response tokens."""
     max_length: int = 256
     """Token cap per prompt+revision (truncated on the left, keeping the revision end and EOS)."""
     seed: int = 0

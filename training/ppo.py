@@ -42,6 +42,7 @@ from training import TrainingError
 from training.checkpoint import Checkpoint, run_identity, snapshot_steps
 from training.common import make_trainable, save_model, token_values
 from training.config import PPOConfig
+from training.distributed import Parallel
 from training.reward import RewardModel
 
 
@@ -53,9 +54,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """Mean 0, variance 1 over the masked entries. `all_sum` sums a tensor over the ranks of a
+    distributed run (training.distributed.Parallel.all_sum), so every rank whitens with the
+    global batch's statistics, as one process would."""
+    n = all_sum(mask.sum()).clamp(min=1)
+    mean = all_sum((x * mask).sum()) / n
+    var = all_sum(((x - mean) ** 2 * mask).sum()) / n
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 
@@ -205,10 +211,26 @@ def rollout_tensors(tokenizer, queries: list[str], gens: list[Generation], runti
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) -> scores (B,)
 
 
+class PolicyAndValue(torch.nn.Module):
+    """What PPO trains, as one module that DDP can wrap: response logits (B, R, V) and values
+    (B, R), in one trunk pass with the shared value head."""
+
+    def __init__(self, policy, critic, shared_value_head: bool, temperature: float):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+        self.shared_value_head, self.temperature = shared_value_head, temperature
+
+    def forward(self, query_response, attn, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared_value_head:
+            return policy_and_values(self.policy, self.critic, query_response, attn, R, self.temperature)
+        return (response_logits(self.policy, query_response, attn, R, self.temperature),
+                token_values(self.critic, query_response, attn)[:, -R - 1:-1])
+
+
 class Models:
     """PPO's models: the policy, its frozen reference (None: the policy with its LoRA adapter
     switched off), and the critic: a value head on the policy's trunk, or a separate value
-    model initialised from the reward model."""
+    model initialised from the reward model. `module` computes both for training."""
 
     def __init__(self, cfg: PPOConfig, policy_model: str, reward_model: str, runtime: Runtime):
         self.cfg = cfg
@@ -223,18 +245,10 @@ class Models:
         else:
             self.value_model = make_trainable(load_sequence_scorer(reward_model, runtime), cfg.trainable, "SEQ_CLS")
             self.critic = self.value_model
-        self.params = [p for m in (self.policy, self.critic) for p in m.parameters() if p.requires_grad]
+        self.module = PolicyAndValue(self.policy, self.critic, self.value_model is None, cfg.sampling.temperature)
 
     def train(self, mode: bool = True) -> None:
         self.policy.train(mode), self.critic.train(mode)
-
-    def forward(self, query_response, attn, R: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Response logits (B, R, V) and values (B, R); one trunk pass with the shared value head."""
-        T = self.cfg.sampling.temperature
-        if self.value_model is None:
-            return policy_and_values(self.policy, self.critic, query_response, attn, R, T)
-        return (response_logits(self.policy, query_response, attn, R, T),
-                token_values(self.value_model, query_response, attn)[:, -R - 1:-1])
 
     def ref_logits(self, query_response, attn, R: int) -> torch.Tensor:
         T = self.cfg.sampling.temperature
@@ -249,14 +263,21 @@ class Models:
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
               cfg: PPOConfig, lineage: dict, scorer: Scorer | None = None,
               on_step: Callable[[int, dict], None] | None = None,
-              engine: EngineConfig = Transformers(), runtime: Runtime = CPU) -> list[dict]:
-    """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics.
+              engine: EngineConfig = Transformers(), runtime: Runtime = CPU,
+              parallel: Parallel = Parallel()) -> list[dict] | None:
+    """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics on rank 0,
+    None on the other ranks.
 
     `scorer` replaces the reward model's scores (the judge's, passed in by the flow, or a
     programmatic reward in tests); a separate value model still starts from `reward_model`.
     `on_step(steps_done, metrics)` is called after every step. `engine` samples the rollouts
     (the transformers engine runs the policy being trained itself; a vllm engine is handed its
     weights before every rollout); `runtime` places every model and tensor.
+
+    Under several ranks (training.distributed, DDP), each rank rolls out its share of every
+    batch; advantages are whitened and the KL controller updated over the global batch, each
+    minibatch's gradient is averaged over the ranks, the checkpoint keeps every rank's RNG
+    state, and only rank 0 writes.
     """
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
@@ -265,20 +286,30 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     if engine.kind == "openai":
         raise TrainingError("ppo: rollouts need an in-process engine (transformers or vllm): an HTTP "
                             "endpoint cannot serve the policy's weights as they change")
+    world, rank = parallel.world, parallel.rank
+    if world > 1:
+        if parallel.strategy != "ddp" or engine.kind != "transformers":
+            raise TrainingError(f"ppo: on {world} processes, PPO runs with strategy ddp and the transformers "
+                                f"engine (got {parallel.strategy}, {engine.kind})")
+        if cfg.batch_size % world or cfg.mini_batch_size % world:
+            raise TrainingError(f"ppo: batch_size={cfg.batch_size} and mini_batch_size={cfg.mini_batch_size} "
+                                f"must both divide among {world} processes")
+    batch_size, mini_batch_size = cfg.batch_size // world, cfg.mini_batch_size // world  # this rank's share
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
     eos = tok.eos_token_id
     m = Models(cfg, policy_model, reward_model, runtime)
     scorer = scorer or RewardModel(reward_model, runtime).score  # normalised on the reference policy
-    optimizer = torch.optim.AdamW(m.params, lr=cfg.lr, eps=1e-5)
+    m.module, optimizer = parallel.wrap(m.module, lambda params: torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5))
+    params = [p for p in m.module.parameters() if p.requires_grad]
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
     order = torch.randperm(len(prompts), generator=runtime.generator(cfg.seed)).tolist()
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
-    ckpt = Checkpoint(out_dir, run_identity(cfg, policy_model, reward_model, prompts), runtime)
+    ckpt = Checkpoint(out_dir, run_identity(cfg, policy_model, reward_model, prompts, world), runtime, rank)
     start, kl_coef, metrics = ckpt.load(cfg.steps, m.policy, m.critic, optimizer)
     kl_ctl.value = kl_coef if kl_coef is not None else kl_ctl.value
-    if start == 0:  # a fresh run: no snapshot of an earlier, abandoned one may stay
+    if start == 0 and parallel.is_main:  # a fresh run: no snapshot of an earlier, abandoned one may stay
         shutil.rmtree(snapshot_root(out_dir), ignore_errors=True)
     snapshots = snapshot_steps(cfg.steps, cfg.snapshots)
 
@@ -291,16 +322,19 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
 
     lora_rank = cfg.trainable.lora_r if cfg.trainable.method == "lora" else None
     with make_engine(engine, policy_model, runtime, module=m.policy, lora_rank=lora_rank) as rollout_engine:
-        for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps):
+        for step in tqdm(range(start, cfg.steps), desc="ppo", unit="step", initial=start, total=cfg.steps,
+                         disable=not parallel.is_main):
             t0 = time.perf_counter()
             idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
+            idx = idx[rank * batch_size:(rank + 1) * batch_size]  # this rank's share of the global batch
             batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
             # 1. rollout: the engine samples from the current policy; then (no grad) logprobs,
             #    reference logprobs, values and scores
             m.train(False)
             rollout_engine.sync(m.policy, step + 1)  # vLLM: this step's adapter or weights
-            gens = rollout_engine.generate([queries[i] for i in idx], cfg.sampling, seed=cfg.seed * 100_003 + step,
+            gens = rollout_engine.generate([queries[i] for i in idx], cfg.sampling,
+                                           seed=cfg.seed * 100_003 + step + 1_000_003 * rank,
                                            logprobs=True, desc=f"rollout {step + 1}")
             query_ids, query_mask, response_ids, engine_logprobs = rollout_tensors(
                 tok, [queries[i] for i in idx], gens, runtime)
@@ -309,7 +343,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
             attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
             with torch.inference_mode():
-                logits, values = m.forward(query_response, attn, R)  # (B, R, V), (B, R)
+                logits, values = m.module(query_response, attn, R)  # (B, R, V), (B, R)
                 logp = F.log_softmax(logits.float(), -1)  # (B, R, V), once for logprobs, entropy and KL
                 del logits
                 logprobs = torch.gather(logp, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
@@ -336,21 +370,21 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
             rewards, non_score_reward = compute_rewards(scores, kl, mask, kl_ctl.value)
             if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False)
+                rewards = masked_whiten(rewards, mask, shift_mean=False, all_sum=parallel.all_sum)
 
             # 3. advantages
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
+                advantages = masked_whiten(advantages, mask, all_sum=parallel.all_sum)
 
             # 4. PPO epochs over minibatches, each without its own padding columns
             m.train()
             gen = runtime.generator(cfg.seed * 7919 + step)
             stats: dict[str, list[float]] = {}
             for _ in range(cfg.ppo_epochs):
-                for mb in torch.randperm(cfg.batch_size, generator=gen).split(cfg.mini_batch_size):
+                for mb in torch.randperm(batch_size, generator=gen).split(mini_batch_size):
                     cols, r = unpadded(attn[mb], Q)
-                    new_logits, new_values = m.forward(query_response[mb][:, cols], attn[mb][:, cols], r)
+                    new_logits, new_values = m.module(query_response[mb][:, cols], attn[mb][:, cols], r)
                     new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
                     pg_loss, vf_loss, mb_stats = ppo_losses(
                         new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
@@ -361,16 +395,15 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                         raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({ckpt.kept()})")
                     optimizer.zero_grad()
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # on the all-reduced gradient
                     optimizer.step()
                     for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
                         stats.setdefault(k, []).append(v)
 
             # 5. KL control, logging, checkpoint and snapshot. The penalty used the estimator; the
             #    controller and the logs read the exact KL (same expectation, no sampling noise).
-            mean_kl = true_kl.mean().item()
             step_metrics = {
-                "objective/kl": mean_kl,
+                "objective/kl": true_kl.mean().item(),
                 "objective/kl_estimate": kl.sum(1).mean().item(),
                 "objective/kl_coef": kl_ctl.value,
                 "objective/scores": scores.mean().item(),
@@ -383,6 +416,10 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                 **{k: sum(v) / len(v) for k, v in stats.items()},
                 "time/step_seconds": time.perf_counter() - t0,
             }
+            # over the global batch: each rank holds an equal share, so the mean of the ranks' means
+            step_metrics = dict(zip(step_metrics, (parallel.all_sum(torch.tensor(list(step_metrics.values()),
+                                                                                    dtype=torch.float64)) / world).tolist()))
+            mean_kl = step_metrics["objective/kl"]
             if bad := [k for k, v in step_metrics.items() if not math.isfinite(v)]:
                 raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({ckpt.kept()})")
             kl_ctl.update(mean_kl, cfg.batch_size)
@@ -391,11 +428,16 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                          "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}
                         for i in range(min(cfg.n_samples_logged, len(texts)))]
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics)
-            if step + 1 in snapshots:  # for the reward-KL curve; a rerun of this step rewrites it
+                rngs = parallel.gather(runtime.rng_state())  # every rank's, so each resumes its own stream
+                if parallel.is_main:
+                    ckpt.save(step + 1, m.policy, m.critic, optimizer, kl_ctl.value, metrics,
+                              rngs[0] if world == 1 else rngs)
+            if step + 1 in snapshots and parallel.is_main:  # for the reward-KL curve; a rerun rewrites it
                 save(snapshot_dir(out_dir, step + 1), step + 1, still_training=True)
-            if on_step:  # e.g. a progress artifact in the Prefect UI
+            if on_step and parallel.is_main:  # e.g. a progress artifact in the Prefect UI
                 on_step(step + 1, step_metrics)
 
+    if not parallel.is_main:
+        return None
     save(out_dir, cfg.steps, still_training=False)
     return metrics

@@ -25,6 +25,7 @@ from rlaif.stats import wilson_interval
 from training import TrainingError
 from training.common import conversation_texts, make_trainable, save_model, score_texts, token_values
 from training.config import RewardConfig
+from training.distributed import Parallel
 from training.supervised import fit
 
 
@@ -59,10 +60,23 @@ def split_by_prompt(df: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[
 
 # ---------------------------------------------------------------- training
 
+class LastTokenScore(torch.nn.Module):
+    """The module that trains: a *ForSequenceClassification model's score at the last token,
+    as one forward pass that DDP and FSDP can wrap. (B, T) -> (B,)"""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return token_values(self.model, input_ids, attention_mask)[:, -1]
+
+
 def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, base_model: str,
-                       out_dir: Path, cfg: RewardConfig, lineage: dict,
-                       runtime: Runtime = CPU) -> tuple[dict, list[dict]]:
-    """Train, evaluate, normalise and save. Returns (summary, metric rows for rm_metrics)."""
+                       out_dir: Path, cfg: RewardConfig, lineage: dict, runtime: Runtime = CPU,
+                       parallel: Parallel = Parallel()) -> tuple[dict, list[dict]] | None:
+    """Train, evaluate, normalise and save. Returns (summary, metric rows for rm_metrics) on
+    rank 0, None on the other ranks (training.distributed)."""
     prefs = prefs[prefs["valid"]].reset_index(drop=True)
     if prefs.empty:
         raise TrainingError("reward model: no valid preference pairs to train on")
@@ -70,7 +84,11 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(base_model)
     tok.truncation_side = "left"  # keep the end of the response, where the score is read
-    model = make_trainable(load_sequence_scorer(base_model, runtime), cfg.trainable, "SEQ_CLS")
+
+    def build() -> LastTokenScore:
+        return LastTokenScore(make_trainable(load_sequence_scorer(base_model, runtime), cfg.trainable, "SEQ_CLS"))
+
+    module = build()
     chosen = conversation_texts(tok, train["prompt"], train["chosen"])
     rejected = conversation_texts(tok, train["prompt"], train["rejected"])
     p_label = runtime.put(torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32))
@@ -83,16 +101,19 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
                  if cfg.group_by_length else torch.randperm(len(train), generator=gen))
         return order.split(cfg.batch_size)
 
-    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+    def loss_fn(module: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
         enc = runtime.put(tok([chosen[i] for i in idx] + [rejected[i] for i in idx], return_tensors="pt",
                               padding=True, truncation=True, max_length=cfg.max_length, add_special_tokens=False))
-        r = token_values(model, enc["input_ids"], enc["attention_mask"])[:, -1]  # (2B,) chosen, then rejected
-        return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef)
+        r = module(enc["input_ids"], enc["attention_mask"])  # (2B,) chosen, then rejected
+        return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef) * len(idx)
 
-    metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="reward model",
-                  metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
-                  micro_batch_size=cfg.micro_batch_size)
-    step = len(metrics)
+    module, metrics = fit(module, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed,
+                          name="reward model", metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+                          micro_batch_size=cfg.micro_batch_size, parallel=parallel)
+    trained = parallel.plain(module, build)
+    if trained is None:  # not rank 0: rank 0 evaluates and saves
+        return None
+    model, step = trained.model, len(metrics)
 
     with torch.inference_mode():
         summary = {"rm/train_pairs": len(train), "rm/heldout_pairs": len(held)}

@@ -22,6 +22,7 @@ from rlaif.runtime import CPU, Runtime
 from training import TrainingError
 from training.common import make_trainable, save_model
 from training.config import SFTConfig
+from training.distributed import Parallel
 from training.supervised import fit
 
 IGNORE = -100  # label value that F.cross_entropy skips
@@ -102,30 +103,41 @@ def tokenize_examples(tok, prompts: list[str], responses: list[str],
 # ---------------------------------------------------------------- training
 
 def train_sft(critiques: pd.DataFrame, policy_model: str, out_dir: Path, cfg: SFTConfig,
-              lineage: dict, runtime: Runtime = CPU) -> tuple[dict, list[dict]]:
-    """Fine-tune on the final revisions and save a merged causal LM. Returns (summary, metric rows)."""
+              lineage: dict, runtime: Runtime = CPU, parallel: Parallel = Parallel()) -> tuple[dict, list[dict]] | None:
+    """Fine-tune on the final revisions and save a merged causal LM. Returns (summary, metric
+    rows) on rank 0, None on the other ranks (training.distributed)."""
     data = final_revisions(critiques)
     if cfg.batch_size < 1:
         raise TrainingError(f"sft: batch_size={cfg.batch_size}: no training step")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
-    model = make_trainable(load_causal_lm(policy_model, runtime), cfg.trainable, "CAUSAL_LM")
+
+    def build():
+        return make_trainable(load_causal_lm(policy_model, runtime), cfg.trainable, "CAUSAL_LM")
+
+    model = build()
     examples = tokenize_examples(tok, data["prompt"].tolist(), data["revision"].tolist(), cfg.max_length)
+    # each example weighs its response tokens: a step's loss is the mean over the global batch's tokens
+    n_targets = torch.tensor([len(ids) - max(n_prompt, 1) for ids, n_prompt in examples], dtype=torch.float64)
 
     def batches(gen: torch.Generator):
         return torch.randperm(len(examples), generator=gen).split(cfg.batch_size)
 
-    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+    def loss_fn(module: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
         input_ids, attention_mask, prompt_lengths = collate([examples[i] for i in idx], tok.pad_token_id)
         labels = sft_labels(input_ids, prompt_lengths, attention_mask)  # (B, T)
         input_ids, attention_mask, labels = runtime.put(input_ids), runtime.put(attention_mask), runtime.put(labels)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-        # position t predicts token t+1; mean over every response token in the batch
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        logits = module(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+        # position t predicts token t+1; summed over every response token (fit divides by the batch's count)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                               reduction="sum")
 
-    metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="sft",
-                  metric="sft/loss", steps_per_epoch=math.ceil(len(examples) / cfg.batch_size),
-                  micro_batch_size=cfg.micro_batch_size)
+    module, metrics = fit(model, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, name="sft",
+                          metric="sft/loss", steps_per_epoch=math.ceil(len(examples) / cfg.batch_size),
+                          micro_batch_size=cfg.micro_batch_size, weights=n_targets, parallel=parallel)
+    model = parallel.plain(module, build)
+    if model is None:  # not rank 0: rank 0 saves
+        return None
     summary = {"sft/train_loss_first": metrics[0]["value"], "sft/train_loss_last": metrics[-1]["value"],
                "sft/examples": len(examples)}
     save_model(out_dir, model, tok, {

@@ -41,3 +41,21 @@ def test_ppo_and_the_evaluation_sample_from_the_full_softmax():
         PPOConfig.model_validate({"sampling": {"temperature": 0.0}})
     with pytest.raises(ValidationError, match="full softmax; got top_p=0.9"):
         EvalConfig.model_validate({"sampling": {"top_p": 0.9}})
+
+
+def test_training_across_processes_refuses_what_it_cannot_honour(tmp_path):
+    """Checked before any model work (prepare_run): each refusal names the setting."""
+    from flows.config import RunError
+    from flows.pipeline import check_launch
+
+    two = {"train": {"num_processes": 2}}
+    assert PipelineConfig.model_validate(two).train.launched and not PipelineConfig().train.launched
+    check_launch(PipelineConfig.model_validate(two))  # the defaults go across processes
+    with pytest.raises(RunError, match="--ppo.reward-source judge runs in one process"):
+        check_launch(PipelineConfig.model_validate({**two, "ppo": {"reward_source": "judge"}}))
+    with pytest.raises(RunError, match="not policy-engine:vllm"):
+        check_launch(PipelineConfig.model_validate({**two, "policy_engine": {"kind": "vllm"}}))
+    with pytest.raises(RunError, match="--train.accelerate-config 'nope.yaml': no such file"):
+        check_launch(PipelineConfig.model_validate({"train": {"accelerate_config": "nope.yaml"}}))
+    with pytest.raises(ValidationError, match="num_processes"):
+        PipelineConfig.model_validate({"train": {"num_processes": 0}})
