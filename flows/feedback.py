@@ -57,7 +57,7 @@ def preference_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, c
     if cfg.pair_source == "revision":
         pairs = make_revision_pairs(store.read_part("critiques", critiques_path).to_pandas())
     else:
-        pairs = make_pairs(store.read_part("responses", responses_path).to_pandas())
+        pairs = make_pairs(store.read_part("responses", responses_path).to_pandas(), cfg.pairing, cfg.seed)
     pairs = pairs.iloc[np.array_split(np.arange(len(pairs)), cfg.shards)[shard]]
     with make_judge(ctx.judge, ctx.runtime) as judge:
         rows = label_preferences(judge, pairs, load_constitution(ctx.constitution_path), cfg)

@@ -44,6 +44,20 @@ class FeedbackConfig(StageConfig):
     pair_source: Literal["policy", "revision"] = "policy"
     """Preference pairs: two policy samples per prompt, or each critiqued response against
     its final revision."""
+    pairing: str = "all"
+    """Which pairs of a prompt's K responses (generate.samples_per_prompt) the judge labels,
+    each in both orders: all (K(K-1)/2 pairs), round_robin (a cycle: K pairs for K >= 3), or
+    random:M (M pairs drawn per prompt, seeded by `seed` and the prompt id). With K = 2 each
+    is the one pair."""
+
+    @field_validator("pairing")
+    @classmethod
+    def _pairing(cls, v: str) -> str:
+        kind, _, m = v.partition(":")
+        if v in ("all", "round_robin") or (kind == "random" and m.isdigit() and int(m) >= 1):
+            return v
+        raise ValueError(f"pairing {v!r}: expected all, round_robin or random:M with M >= 1")
+
     principles_per_pair: int = 1
     """Principles sampled per preference pair; their P(A) are averaged."""
     scoring: Literal["labels", "contrastive"] = "labels"

@@ -7,6 +7,7 @@ so a label does not depend on batch order and a retried task reproduces it exact
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -118,17 +119,29 @@ def critique_and_revise(judge, responses: pd.DataFrame, constitution: Constituti
     return pd.DataFrame(rows)
 
 
-def make_pairs(responses: pd.DataFrame) -> pd.DataFrame:
-    """The first two samples of each prompt form its pair."""
-    first = responses[responses["sample_idx"] == 0].set_index("prompt_id")
-    second = responses[responses["sample_idx"] == 1].set_index("prompt_id")
-    ids = first.index.intersection(second.index)
-    return pd.DataFrame({
-        "pair_id": [f"{pid}/{first.at[pid, 'response_id']}/{second.at[pid, 'response_id']}" for pid in ids],
-        "prompt_id": ids, "prompt": first.loc[ids, "prompt"].values,
-        "response_a": first.loc[ids, "response"].values,
-        "response_b": second.loc[ids, "response"].values,
-    }).reset_index(drop=True)
+def tournament(k: int, pairing: str = "all", rng: random.Random | None = None) -> list[tuple[int, int]]:
+    """The pairs (i, j), i < j, of a prompt's k samples that the judge labels (FeedbackConfig.pairing)."""
+    everything = list(itertools.combinations(range(k), 2))
+    if pairing == "all" or k < 3:
+        return everything
+    if pairing == "round_robin":  # each sample meets its two neighbours in a cycle
+        return sorted(tuple(sorted((i, (i + 1) % k))) for i in range(k))
+    m = int(pairing.removeprefix("random:"))
+    return sorted((rng or random.Random(0)).sample(everything, min(m, len(everything))))
+
+
+def make_pairs(responses: pd.DataFrame, pairing: str = "all", seed: int = 0) -> pd.DataFrame:
+    """Each prompt's samples, paired as `pairing` schedules (with two samples: the one pair).
+    The pair id names both responses, so a rerun labels the same pairs in the same order."""
+    rows = []
+    # prompts in the order of their first sample, as the responses table holds them
+    for pid, group in responses.sort_values("sample_idx", kind="stable").groupby("prompt_id", sort=False):
+        group = group.reset_index(drop=True)
+        for i, j in tournament(len(group), pairing, seeded_rng(seed, pid, "pairs")):
+            a, b = group.iloc[i], group.iloc[j]
+            rows.append({"pair_id": f"{pid}/{a['response_id']}/{b['response_id']}", "prompt_id": pid,
+                         "prompt": a["prompt"], "response_a": a["response"], "response_b": b["response"]})
+    return pd.DataFrame(rows, columns=["pair_id", "prompt_id", "prompt", "response_a", "response_b"])
 
 
 def make_revision_pairs(critiques: pd.DataFrame) -> pd.DataFrame:

@@ -75,3 +75,37 @@ def test_a_judge_answering_at_random_has_a_quarter_of_its_triples_cyclic():
     comps = [(i, j, float(rng.random() < 0.5)) for i, j in itertools.combinations(range(30), 2)]
     cyclic, n = intransitive_triples(30, comps)
     assert n == 4060 and 0.2 < cyclic / n < 0.3
+
+
+def test_tournament_schedules():
+    import random
+
+    from judges.feedback import tournament
+
+    assert tournament(2, "round_robin") == tournament(2, "random:5") == [(0, 1)]
+    assert len(tournament(4, "all")) == 6 and tournament(4, "round_robin") == [(0, 1), (0, 3), (1, 2), (2, 3)]
+    drawn = tournament(5, "random:3", random.Random(1))
+    assert len(drawn) == 3 and set(drawn) <= set(tournament(5, "all"))
+    assert drawn == tournament(5, "random:3", random.Random(1))  # seeded
+    assert tournament(3, "random:9", random.Random(0)) == tournament(3, "all")  # never more than exist
+
+
+def test_make_pairs_pairs_every_scheduled_sample_and_names_both():
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from judges.config import FeedbackConfig
+    from judges.feedback import make_pairs
+
+    responses = pd.DataFrame([{"prompt_id": p, "sample_idx": s, "response_id": f"{p}-{s}", "prompt": f"q {p}",
+                               "response": f"answer {s} to {p}"} for s in range(4) for p in ("b", "a")])
+    pairs = make_pairs(responses, "all")
+    assert len(pairs) == 12 and list(pairs["prompt_id"].unique()) == ["b", "a"]  # first-seen order
+    assert pairs["pair_id"].iloc[0] == "b/b-0/b-1" and pairs["response_b"].iloc[0] == "answer 1 to b"
+    assert pairs["pair_id"].is_unique
+    two = make_pairs(responses[responses["sample_idx"] < 2])
+    assert list(two["pair_id"]) == ["b/b-0/b-1", "a/a-0/a-1"]  # K = 2: today's one pair per prompt
+    assert len(make_pairs(responses, "random:2", seed=3)) == 4
+    assert make_pairs(responses, "random:2", seed=3).equals(make_pairs(responses, "random:2", seed=3))
+    with pytest.raises(ValidationError, match="expected all, round_robin or random:M"):
+        FeedbackConfig(pairing="random:0")
