@@ -169,6 +169,11 @@ def verdict(stages: Stages) -> list[str]:
                      f"({_ci(f.get('judge/position_consistency_ci_low'), f.get('judge/position_consistency_ci_high'))}, "
                      f"n={f.get('judge/valid_pairs')}): the share of pairs whose verdict survives swapping the order "
                      "(a judge answering at random: 0.5).")
+        if f.get("judge/triples"):
+            lines.append(f"- Intransitive triples {fmt(f['judge/intransitive_triples'])} "
+                         f"({_ci(f['judge/intransitive_triples_ci_low'], f['judge/intransitive_triples_ci_high'])}, "
+                         f"n={f['judge/triples']}): the share of a prompt's judged triples that form a cycle "
+                         "a > b > c > a (a consistent judge: 0; one answering at random: 0.25).")
         if "judge/agreement" in f:
             lines.append(f"- Agreement with human labels {fmt(f['judge/agreement'])} "
                          f"({_ci(f['judge/agreement_ci_low'], f['judge/agreement_ci_high'])}, n={f['judge/agreement_n']}); "

@@ -4,6 +4,9 @@
   order of the two responses. A judge answering at random keeps it on half the pairs; a judge
   that always picks the first-shown response on none.
 - The share of decided pairs in which the judge chose the longer response.
+- With tournaments (K >= 3 samples per prompt, FeedbackConfig.pairing): the share of a
+  prompt's fully judged triples that form a cycle a > b > c > a. A consistent judge has none;
+  one answering at random, a quarter.
 - With a human-labelled calibration file (FeedbackConfig.calibration): agreement with the
   humans, against chance (0.5) and against "the longer response wins" on the same pairs.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from judges.rankings import intransitive_triples
 from rlaif.stats import wilson_interval
 
 
@@ -31,7 +35,25 @@ def self_consistency(prefs: pd.DataFrame) -> dict:
     decided = valid[valid["position_consistent"]]
     longer = (decided["chosen"].str.len() > decided["rejected"].str.len()).sum()
     return {**rate(float(valid["position_consistent"].sum()), len(valid), "judge/position_consistency"),
-            **rate(float(longer), len(decided), "judge/chose_longer"), "judge/decided_pairs": len(decided)}
+            **rate(float(longer), len(decided), "judge/chose_longer"), "judge/decided_pairs": len(decided),
+            **transitivity(valid)}
+
+
+def transitivity(prefs: pd.DataFrame) -> dict:
+    """`judge/intransitive_triples` (share, Wilson interval) and `judge/triples` (n) over each
+    prompt's tournament, from the pairs' debiased P(a better); nothing when no prompt has three
+    samples judged against each other. Pair ids are prompt/response_a/response_b."""
+    cyclic = n = 0
+    for pid, g in prefs.groupby("prompt_id"):
+        parts = g["pair_id"].str.rsplit("/", n=2)
+        keep = (parts.str.len() == 3) & (parts.str[0] == pid)  # not revision pairs (response/revision)
+        a, b = parts[keep].str[1], parts[keep].str[2]
+        items = {r: k for k, r in enumerate(sorted(set(a) | set(b)))}
+        if len(items) >= 3:
+            c, m = intransitive_triples(len(items), [(items[x], items[y], p)
+                                                     for x, y, p in zip(a, b, g.loc[keep, "p_a"])])
+            cyclic, n = cyclic + c, n + m
+    return {**rate(float(cyclic), n, "judge/intransitive_triples"), "judge/triples": n} if n else {}
 
 
 def calibration_metrics(result: dict) -> dict:
@@ -54,6 +76,12 @@ def doubts(metrics: dict) -> list[str]:
         out.append(f"chance on its own pairs (its verdict survives swapping the order on "
                    f"{fmt(metrics['judge/position_consistency'])} of them, 95% CI {fmt(pc_lo)} to {fmt(pc_hi)}; "
                    "a judge answering at random: 0.5)")
+    if metrics.get("judge/triples"):
+        lo, hi = metrics["judge/intransitive_triples_ci_low"], metrics["judge/intransitive_triples_ci_high"]
+        if hi >= 0.25:
+            out.append(f"chance on its own tournaments ({fmt(metrics['judge/intransitive_triples'])} of "
+                       f"{metrics['judge/triples']} judged triples are cycles, 95% CI {fmt(lo)} to {fmt(hi)}; "
+                       "a judge answering at random: 0.25)")
     if "judge/agreement" in metrics:
         lo, hi, n = metrics["judge/agreement_ci_low"], metrics["judge/agreement_ci_high"], metrics["judge/agreement_n"]
         agree = f"agreement with humans {fmt(metrics['judge/agreement'])}, 95% CI {fmt(lo)} to {fmt(hi)}, n={n}"
