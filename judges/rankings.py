@@ -5,6 +5,7 @@ the soft probability p that i beats j (the judge's debiased P, or 1/0 for hard o
     bradley_terry(3, [(0, 1, 0.8), (1, 2, 0.7)])        -> strengths, mean 0 (log-odds scale)
     elo(3, comparisons, orders=200)                      -> mean rating and 95% interval per item
     intransitive_triples(3, comparisons)                 -> (cyclic triples, decided triples)
+    rank_responses(preferences)                          -> one row per response: BT, Elo, wins, rank
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 
 
 def bradley_terry(n_items: int, comparisons, prior: float = 0.1, iters: int = 100, tol: float = 1e-10) -> np.ndarray:
@@ -89,3 +91,34 @@ def intransitive_triples(n_items: int, comparisons) -> tuple[int, int]:
             n += 1
             cyclic += bool((beats[a, b] and beats[b, c] and beats[c, a]) or (beats[b, a] and beats[c, b] and beats[a, c]))
     return cyclic, n
+
+
+def rank_responses(prefs: pd.DataFrame, orders: int = 100, seed: int = 0) -> pd.DataFrame:
+    """One row per judged response: each prompt's tournament (its valid pairs, ids
+    prompt/response_a/response_b, P(a better) in `p_a`) aggregated into a Bradley-Terry
+    strength, an Elo rating with its 95% interval over shuffled orders, wins and losses (a
+    pair's winner is the side with p_a above 0.5; 0.5 is neither) and the rank within the
+    prompt (1 = strongest by BT)."""
+    rows = []
+    for pid, g in prefs[prefs["valid"]].groupby("prompt_id", sort=False):
+        parts = g["pair_id"].str.rsplit("/", n=2)
+        keep = (parts.str.len() == 3) & (parts.str[0] == pid)
+        a, b, p = parts[keep].str[1].tolist(), parts[keep].str[2].tolist(), g.loc[keep, "p_a"].to_numpy(float)
+        ids = list(dict.fromkeys(a + b))  # first-seen order
+        if len(ids) < 2:
+            continue
+        at = {r: k for k, r in enumerate(ids)}
+        comps = [(at[x], at[y], q) for x, y, q in zip(a, b, p)]
+        strength, ratings = bradley_terry(len(ids), comps), elo(len(ids), comps, orders, seed=seed)
+        order = np.argsort(-strength, kind="stable")
+        rank = np.empty(len(ids), int)
+        rank[order] = np.arange(1, len(ids) + 1)
+        for k, r in enumerate(ids):
+            rows.append({"prompt_id": pid, "response_id": r, "bt_strength": float(strength[k]),
+                         "elo": float(ratings["mean"][k]), "elo_ci_low": float(ratings["ci_low"][k]),
+                         "elo_ci_high": float(ratings["ci_high"][k]),
+                         "wins": sum((x == r and q > 0.5) or (y == r and q < 0.5) for x, y, q in zip(a, b, p)),
+                         "losses": sum((x == r and q < 0.5) or (y == r and q > 0.5) for x, y, q in zip(a, b, p)),
+                         "comparisons": sum(r in (x, y) for x, y in zip(a, b)), "rank": int(rank[k])})
+    return pd.DataFrame(rows, columns=["prompt_id", "response_id", "bt_strength", "elo", "elo_ci_low", "elo_ci_high",
+                                       "wins", "losses", "comparisons", "rank"])
