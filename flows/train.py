@@ -72,14 +72,18 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> PPOResult:
         judge = make_judge(ctx.judge, ctx.runtime)
         scorer = judge_reward(judge, load_constitution(ctx.constitution_path), cfg.seed)
         judge_model = extra["judge_model"] = ctx.judge.model
-    # across processes the ranks report to their own terminal: no per-step artifact, no judge
+    # across processes the ranks report to their own terminal: no per-step artifact, no judge;
+    # and PPO shards with DDP only (its reference pass reaches inside the model FSDP would shard)
+    train = ctx.train.model_copy(update={"strategy": "ddp"})
+    if ctx.train.strategy != "ddp" and train.launched:
+        print(f"ppo: --train.strategy {ctx.train.strategy} applies to SFT and the reward model; PPO runs with DDP")
     progress = (None if ctx.train.launched else
                 Progress("ppo-progress", cfg.steps, "PPO steps", ("objective/scores", "objective/kl")))
     try:
         metrics = run_stage(train_ppo, dict(prompts=prompts, policy_model=ctx.policy_model, reward_model=reward_model,
                                             out_dir=out, cfg=cfg, lineage=lineage(ctx, **extra), scorer=scorer,
                                             on_step=progress, engine=ctx.policy_engine),
-                            ctx.train, ctx.runtime, ctx.layout.launch("ppo"))
+                            train, ctx.runtime, ctx.layout.launch("ppo"))
     finally:
         if judge is not None:
             judge.close()

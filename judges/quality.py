@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from judges.rankings import intransitive_triples
+from judges.rankings import intransitive_triples, tournament_comparisons
 from rlaif.stats import wilson_interval
 
 
@@ -45,13 +45,11 @@ def transitivity(prefs: pd.DataFrame) -> dict:
     samples judged against each other. Pair ids are prompt/response_a/response_b."""
     cyclic = n = 0
     for pid, g in prefs.groupby("prompt_id"):
-        parts = g["pair_id"].str.rsplit("/", n=2)
-        keep = (parts.str.len() == 3) & (parts.str[0] == pid)  # not revision pairs (response/revision)
-        a, b = parts[keep].str[1], parts[keep].str[2]
-        items = {r: k for k, r in enumerate(sorted(set(a) | set(b)))}
-        if len(items) >= 3:
-            c, m = intransitive_triples(len(items), [(items[x], items[y], p)
-                                                     for x, y, p in zip(a, b, g.loc[keep, "p_a"])])
+        if len(g) < 3:  # a triple needs three judged pairs
+            continue
+        ids, comps = tournament_comparisons(pid, g)
+        if len(ids) >= 3:
+            c, m = intransitive_triples(len(ids), comps)
             cyclic, n = cyclic + c, n + m
     return {**rate(float(cyclic), n, "judge/intransitive_triples"), "judge/triples": n} if n else {}
 

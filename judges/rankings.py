@@ -93,22 +93,32 @@ def intransitive_triples(n_items: int, comparisons) -> tuple[int, int]:
     return cyclic, n
 
 
+def tournament_comparisons(prompt_id: str, pairs: pd.DataFrame) -> tuple[list[str], list[tuple[int, int, float]]]:
+    """One prompt's judged pairs, as the preferences table stores them (ids
+    prompt/response_a/response_b; the chosen text and its p_chosen), as (response ids in
+    first-seen order, comparisons over their indices with P(a better)). Pairs of another form
+    (a response against its revision: response/revision) are left out."""
+    p_a = np.where(pairs["chosen"] == pairs["response_a"], pairs["p_chosen"], 1.0 - pairs["p_chosen"])
+    pairs = pairs.assign(p_a=p_a)
+    parts = pairs["pair_id"].str.rsplit("/", n=2)
+    keep = (parts.str.len() == 3) & (parts.str[0] == prompt_id)
+    a, b = parts[keep].str[1].tolist(), parts[keep].str[2].tolist()
+    ids = list(dict.fromkeys(a + b))
+    at = {r: k for k, r in enumerate(ids)}
+    return ids, [(at[x], at[y], float(q)) for x, y, q in zip(a, b, pairs.loc[keep, "p_a"])]
+
+
 def rank_responses(prefs: pd.DataFrame, orders: int = 100, seed: int = 0) -> pd.DataFrame:
-    """One row per judged response: each prompt's tournament (its valid pairs, ids
-    prompt/response_a/response_b, P(a better) in `p_a`) aggregated into a Bradley-Terry
+    """One row per judged response: each prompt's tournament (its valid preference rows)
+    aggregated into a Bradley-Terry
     strength, an Elo rating with its 95% interval over shuffled orders, wins and losses (a
     pair's winner is the side with p_a above 0.5; 0.5 is neither) and the rank within the
     prompt (1 = strongest by BT)."""
     rows = []
     for pid, g in prefs[prefs["valid"]].groupby("prompt_id", sort=False):
-        parts = g["pair_id"].str.rsplit("/", n=2)
-        keep = (parts.str.len() == 3) & (parts.str[0] == pid)
-        a, b, p = parts[keep].str[1].tolist(), parts[keep].str[2].tolist(), g.loc[keep, "p_a"].to_numpy(float)
-        ids = list(dict.fromkeys(a + b))  # first-seen order
+        ids, comps = tournament_comparisons(pid, g)
         if len(ids) < 2:
             continue
-        at = {r: k for k, r in enumerate(ids)}
-        comps = [(at[x], at[y], q) for x, y, q in zip(a, b, p)]
         strength, ratings = bradley_terry(len(ids), comps), elo(len(ids), comps, orders, seed=seed)
         order = np.argsort(-strength, kind="stable")
         rank = np.empty(len(ids), int)
@@ -117,8 +127,8 @@ def rank_responses(prefs: pd.DataFrame, orders: int = 100, seed: int = 0) -> pd.
             rows.append({"prompt_id": pid, "response_id": r, "bt_strength": float(strength[k]),
                          "elo": float(ratings["mean"][k]), "elo_ci_low": float(ratings["ci_low"][k]),
                          "elo_ci_high": float(ratings["ci_high"][k]),
-                         "wins": sum((x == r and q > 0.5) or (y == r and q < 0.5) for x, y, q in zip(a, b, p)),
-                         "losses": sum((x == r and q < 0.5) or (y == r and q > 0.5) for x, y, q in zip(a, b, p)),
-                         "comparisons": sum(r in (x, y) for x, y in zip(a, b)), "rank": int(rank[k])})
+                         "wins": sum((x == k and q > 0.5) or (y == k and q < 0.5) for x, y, q in comps),
+                         "losses": sum((x == k and q < 0.5) or (y == k and q > 0.5) for x, y, q in comps),
+                         "comparisons": sum(k in (x, y) for x, y, _ in comps), "rank": int(rank[k])})
     return pd.DataFrame(rows, columns=["prompt_id", "response_id", "bt_strength", "elo", "elo_ci_low", "elo_ci_high",
                                        "wins", "losses", "comparisons", "rank"])

@@ -20,7 +20,8 @@ class DistributedConfig(StageConfig):
     --standalone --nproc_per_node N` (one per GPU on a GPU machine, gloo on a CPU)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp: every rank holds the whole model and the gradients are averaged (DDP); fsdp:
-    FSDP2's fully_shard per decoder layer, parameters, gradients and optimizer state sharded."""
+    FSDP2's fully_shard per decoder layer, parameters, gradients and optimizer state sharded
+    (SFT and the reward model; PPO then runs with DDP)."""
     accelerate_config: str | None = None
     """An accelerate config file (training/accelerate/*.yaml): the stage is launched with
     `accelerate launch --config_file FILE`, which then sets the process count, the machines

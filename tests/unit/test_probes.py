@@ -92,7 +92,7 @@ def test_the_bootstrap_interval_covers_a_known_mean():
 def prefs(consistent: list[bool], chosen_longer: list[bool]) -> pd.DataFrame:
     ids = [f"p{i}" for i in range(len(consistent))]  # one pair per prompt
     return pd.DataFrame({"valid": True, "position_consistent": consistent, "prompt_id": ids,
-                         "pair_id": [f"{p}/a/b" for p in ids], "p_a": 0.7,
+                         "pair_id": [f"{p}/a/b" for p in ids],
                          "chosen": ["a much longer answer" if c else "short" for c in chosen_longer],
                          "rejected": ["short" if c else "a much longer answer" for c in chosen_longer]})
 
@@ -136,11 +136,18 @@ def test_intransitive_triples_are_counted_per_prompt_tournament():
     rows = [("p1", "x", "y", 0.9), ("p1", "y", "z", 0.8), ("p1", "x", "z", 0.2),   # x > y > z > x
             ("p2", "u", "v", 0.9), ("p2", "v", "w", 0.9), ("p2", "u", "w", 0.9),   # u > v > w
             ("p3", "s", "t", 0.7)]
-    prefs = pd.DataFrame([{"pair_id": f"{p}/{a}/{b}", "prompt_id": p, "p_a": q, "valid": True,
-                           "position_consistent": True, "chosen": "c", "rejected": "r"} for p, a, b, q in rows]
-                         + [{"pair_id": "r1/revision", "prompt_id": "p3", "p_a": 0.1, "valid": True,
-                             "position_consistent": True, "chosen": "c", "rejected": "r"}])
+    prefs = pd.DataFrame([{"pair_id": f"{p}/{a}/{b}", "prompt_id": p, **stored(a, b, q), "valid": True,
+                           "position_consistent": True} for p, a, b, q in rows]
+                         + [{"pair_id": "r1/revision", "prompt_id": "p3", **stored("r1", "rev", 0.1), "valid": True,
+                             "position_consistent": True}])
     m = self_consistency(prefs)
     assert (m["judge/triples"], m["judge/intransitive_triples"]) == (2, 0.5)
     assert "judge/triples" not in self_consistency(prefs[prefs["prompt_id"] == "p3"])  # pairs only: not measured
     assert any("chance on its own tournaments" in r for r in doubts(m))  # 2 triples cannot clear 0.25
+
+
+def stored(a: str, b: str, p_a: float) -> dict:
+    """A preferences row's stored columns for responses a and b judged P(a better) = p_a."""
+    ra, rb = f"answer {a}", f"answer {b}"
+    return {"response_a": ra, "response_b": rb, "chosen": ra if p_a >= 0.5 else rb,
+            "rejected": rb if p_a >= 0.5 else ra, "p_chosen": max(p_a, 1 - p_a)}

@@ -119,11 +119,18 @@ def test_rank_responses_aggregates_each_prompts_tournament():
     # p1: x beats y and z, y beats z; p2: a single pair, u over v; a tie decides nothing
     rows = [("p1", "x", "y", 0.9), ("p1", "x", "z", 0.8), ("p1", "y", "z", 0.7), ("p2", "u", "v", 0.4),
             ("p2", "u", "v", 0.5)]
-    prefs = pd.DataFrame([{"pair_id": f"{p}/{a}/{b}", "prompt_id": p, "p_a": q, "valid": True} for p, a, b, q in rows]
-                         + [{"pair_id": "p2/u/w", "prompt_id": "p2", "p_a": 0.9, "valid": False}])
+    prefs = pd.DataFrame([{"pair_id": f"{p}/{a}/{b}", "prompt_id": p, **stored(a, b, q), "valid": True} for p, a, b, q in rows]
+                         + [{"pair_id": "p2/u/w", "prompt_id": "p2", **stored("u", "w", 0.9), "valid": False}])
     r = rank_responses(prefs, orders=20).set_index("response_id")
     assert list(r.loc[["x", "y", "z"], "rank"]) == [1, 2, 3] and list(r.loc[["v", "u"], "rank"]) == [1, 2]
     assert (r.loc["x", "wins"], r.loc["x", "losses"], r.loc["z", "losses"]) == (2, 0, 2)
     assert (r.loc["u", "comparisons"], r.loc["u", "wins"], r.loc["u", "losses"]) == (2, 0, 1)
     assert "w" not in r.index  # an invalid pair is left out
     assert r.loc["x", "elo"] > r.loc["y", "elo"] > r.loc["z", "elo"]
+
+
+def stored(a: str, b: str, p_a: float) -> dict:
+    """A preferences row's stored columns for responses a and b judged P(a better) = p_a."""
+    ra, rb = f"answer {a}", f"answer {b}"
+    return {"response_a": ra, "response_b": rb, "chosen": ra if p_a >= 0.5 else rb,
+            "rejected": rb if p_a >= 0.5 else ra, "p_chosen": max(p_a, 1 - p_a)}
