@@ -18,6 +18,7 @@ from judges.config import FeedbackConfig, JudgeConfig
 from judges.feedback import critique_and_revise, label_preferences, make_pairs, make_revision_pairs
 from judges.human_eval import judge_agreement, read_hh_pairs
 from judges.quality import calibration_metrics, doubts, self_consistency
+from judges.rankings import rank_responses
 from rlaif.prompts import warn
 from rlaif.store import Store
 
@@ -107,6 +108,26 @@ def label_shards(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, crit
     return path, len({s["worker"] for s in shards})
 
 
+@task
+def rankings_task(ctx: RunContext, cfg: FeedbackConfig, responses_path: str, preferences_path: str) -> str | None:
+    """Each prompt's tournament (its judged pairs of samples) aggregated per response into
+    the `rankings` table: Bradley-Terry strength, Elo with its interval over shuffled orders,
+    wins, losses, rank. None when no prompt has one (revision pairs)."""
+    store = Store(ctx.data)
+    responses = store.read_part("responses", responses_path).to_pandas()
+    ranked = rank_responses(store.read_part("preferences", preferences_path).to_pandas(), seed=cfg.seed)
+    if ranked.empty:
+        return None
+    ranked = ranked.merge(responses[["response_id", "prompt", "response"]], on="response_id", how="left")
+    ranked = ranked.sort_values(["prompt_id", "rank"], kind="stable")
+    publish_samples("feedback-rankings", "Sample rankings: each prompt's samples, strongest first",
+                    ranked, ["prompt", "rank", "response", "bt_strength", "elo", "elo_ci_low", "elo_ci_high",
+                             "wins", "losses", "comparisons"], n=12)
+    return str(store.write("rankings", ranked, key=f"{ctx.run_id}/rankings",
+                           lineage=ctx.lineage(judge_model=ctx.judge.model),
+                           metadata={"config": cfg.model_dump(), "inputs": [responses_path, preferences_path]}))
+
+
 @task(**MODEL_TASK)
 def calibration_task(ctx: RunContext, cfg: FeedbackConfig) -> dict:
     """The judge's agreement with human labels on the calibration file's first pairs, under
@@ -155,9 +176,10 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
     the preference shards are labelled in parallel on Ray workers."""
     critiques = cached(critique_task, ctx)(ctx, cfg, responses_path)
     preferences, workers = label_shards(ctx, cfg, responses_path, critiques, on_ray)
+    rankings = rankings_task(ctx, cfg, responses_path, preferences)
     calibration = cached(calibration_task, ctx)(ctx, cfg) if cfg.calibration else {}
-    result = FeedbackResult(critiques=critiques, preferences=preferences,
+    result = FeedbackResult(critiques=critiques, preferences=preferences, rankings=rankings,
                             metrics=summarise_feedback(ctx, cfg, critiques, preferences, workers, calibration))
     publish("feedback-summary", "Feedback: critiques and preferences", result.metrics,
-            {"critiques": critiques, "preferences": preferences})
+            {"critiques": critiques, "preferences": preferences, "rankings": rankings or "none (no tournaments)"})
     return result

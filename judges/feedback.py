@@ -140,8 +140,10 @@ def make_pairs(responses: pd.DataFrame, pairing: str = "all", seed: int = 0) -> 
         for i, j in tournament(len(group), pairing, seeded_rng(seed, pid, "pairs")):
             a, b = group.iloc[i], group.iloc[j]
             rows.append({"pair_id": f"{pid}/{a['response_id']}/{b['response_id']}", "prompt_id": pid,
-                         "prompt": a["prompt"], "response_a": a["response"], "response_b": b["response"]})
-    return pd.DataFrame(rows, columns=["pair_id", "prompt_id", "prompt", "response_a", "response_b"])
+                         "prompt": a["prompt"], "response_a": a["response"], "response_b": b["response"],
+                         "response_a_id": a["response_id"], "response_b_id": b["response_id"]})
+    return pd.DataFrame(rows, columns=["pair_id", "prompt_id", "prompt", "response_a", "response_b",
+                                       "response_a_id", "response_b_id"])
 
 
 def make_revision_pairs(critiques: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +155,7 @@ def make_revision_pairs(critiques: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "pair_id": [f"{rid}/revision" for rid in first.index], "prompt_id": first["prompt_id"].values,
         "prompt": first["prompt"].values, "response_a": first["response"].values,
-        "response_b": last["revision"].values,
+        "response_b": last["revision"].values, "response_a_id": first.index, "response_b_id": None,
     })
 
 

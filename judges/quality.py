@@ -42,12 +42,12 @@ def self_consistency(prefs: pd.DataFrame) -> dict:
 def transitivity(prefs: pd.DataFrame) -> dict:
     """`judge/intransitive_triples` (share, Wilson interval) and `judge/triples` (n) over each
     prompt's tournament, from the pairs' debiased P(a better); nothing when no prompt has three
-    samples judged against each other. Pair ids are prompt/response_a/response_b."""
+    samples judged against each other."""
     cyclic = n = 0
     for pid, g in prefs.groupby("prompt_id"):
         if len(g) < 3:  # a triple needs three judged pairs
             continue
-        ids, comps = tournament_comparisons(pid, g)
+        ids, comps = tournament_comparisons(g)
         if len(ids) >= 3:
             c, m = intransitive_triples(len(ids), comps)
             cyclic, n = cyclic + c, n + m

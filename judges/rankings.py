@@ -93,19 +93,17 @@ def intransitive_triples(n_items: int, comparisons) -> tuple[int, int]:
     return cyclic, n
 
 
-def tournament_comparisons(prompt_id: str, pairs: pd.DataFrame) -> tuple[list[str], list[tuple[int, int, float]]]:
-    """One prompt's judged pairs, as the preferences table stores them (ids
-    prompt/response_a/response_b; the chosen text and its p_chosen), as (response ids in
-    first-seen order, comparisons over their indices with P(a better)). Pairs of another form
-    (a response against its revision: response/revision) are left out."""
+def tournament_comparisons(pairs: pd.DataFrame) -> tuple[list[str], list[tuple[int, int, float]]]:
+    """One prompt's judged pairs, as the preferences table stores them (response_a_id,
+    response_b_id; the chosen text and its p_chosen), as (response ids in first-seen order,
+    comparisons over their indices with P(a better)). Pairs without two response ids (a
+    response against its revision; parts written before schema version 5) are left out."""
+    pairs = pairs[pairs["response_a_id"].notna() & pairs["response_b_id"].notna()]
     p_a = np.where(pairs["chosen"] == pairs["response_a"], pairs["p_chosen"], 1.0 - pairs["p_chosen"])
-    pairs = pairs.assign(p_a=p_a)
-    parts = pairs["pair_id"].str.rsplit("/", n=2)
-    keep = (parts.str.len() == 3) & (parts.str[0] == prompt_id)
-    a, b = parts[keep].str[1].tolist(), parts[keep].str[2].tolist()
+    a, b = pairs["response_a_id"].tolist(), pairs["response_b_id"].tolist()
     ids = list(dict.fromkeys(a + b))
     at = {r: k for k, r in enumerate(ids)}
-    return ids, [(at[x], at[y], float(q)) for x, y, q in zip(a, b, pairs.loc[keep, "p_a"])]
+    return ids, [(at[x], at[y], float(q)) for x, y, q in zip(a, b, p_a)]
 
 
 def rank_responses(prefs: pd.DataFrame, orders: int = 100, seed: int = 0) -> pd.DataFrame:
@@ -116,7 +114,7 @@ def rank_responses(prefs: pd.DataFrame, orders: int = 100, seed: int = 0) -> pd.
     prompt (1 = strongest by BT)."""
     rows = []
     for pid, g in prefs[prefs["valid"]].groupby("prompt_id", sort=False):
-        ids, comps = tournament_comparisons(pid, g)
+        ids, comps = tournament_comparisons(g)
         if len(ids) < 2:
             continue
         strength, ratings = bradley_terry(len(ids), comps), elo(len(ids), comps, orders, seed=seed)

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 
 from rlaif.io import write_file_atomic
 
-SCHEMA_VERSION = 4  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
+SCHEMA_VERSION = 5  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
 #                     KL and harmlessness; 4: eval gained the probes and the exact KL, preferences
-#                     the injection columns.
+#                     the injection columns; 5: the rankings and matches tables, preferences the
+#                     response ids.
 #                     Older parts read with the added columns null, renamed ones under their new name.
 # Columns renamed at a version: parts written before it are read under the new names. The eval
 # table's policy_kl was the k1 estimate up to version 3; from 4 it is the exact KL.
@@ -65,6 +66,7 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
     "preferences": [
         ("pair_id", _s), ("prompt_id", _s), ("prompt", _s),
         ("response_a", _s), ("response_b", _s),
+        ("response_a_id", _s), ("response_b_id", _s),  # their `responses` ids (a revision has none)
         ("p_a_first", _f),   # P(label A) with response_a shown first
         ("p_a_second", _f),  # P(label A) with response_b shown first (swapped order)
         ("p_chosen", _f),    # soft label: P(chosen is better), averaged over both orders
@@ -76,6 +78,13 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         # text addressing the judge (judges.feedback.INJECTION_PATTERNS): the matched pattern, the
         # side(s) carrying it, and why the label was overridden (FeedbackConfig.on_injection)
         ("injection_suspected", _b), ("injection_pattern", _s), ("injection_side", _s), ("override_reason", _s),
+    ],
+    # each prompt's tournament (its judged pairs) aggregated per response (judges.rankings)
+    "rankings": [
+        ("prompt_id", _s), ("prompt", _s), ("response_id", _s), ("response", _s),
+        ("bt_strength", _f),  # Bradley-Terry strength, log-odds scale, mean 0 within the prompt
+        ("elo", _f), ("elo_ci_low", _f), ("elo_ci_high", _f),  # mean and 95% over shuffled orders
+        ("wins", _i), ("losses", _i), ("comparisons", _i), ("rank", _i),  # rank 1: strongest by BT
     ],
     "sft_metrics": [*_METRICS, ("model", _s)],
     "rm_metrics": [*_METRICS, ("reward_model", _s)],
@@ -97,6 +106,15 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
         ("policy_repeats_4gram", _b), ("reference_repeats_4gram", _b),
         ("policy_ref_nll", _f), ("reference_ref_nll", _f),  # nats summed over the response, temperature 1
         ("reward_model", _s),
+    ],
+    # the evaluation's policy-against-policy judgements on held-out prompts (the ladder's rungs;
+    # each policy against the reference is in `eval`)
+    "matches": [
+        ("prompt_id", _s), ("prompt", _s),
+        ("policy_a", _s), ("step_a", _i), ("policy_b", _s), ("step_b", _i),
+        ("response_a", _s), ("response_b", _s),
+        ("p_a", _f),  # P(response_a better), both orders averaged
+        ("position_consistent", _b), ("valid", _b),
     ],
 }
 

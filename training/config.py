@@ -64,16 +64,20 @@ class RewardConfig(StageConfig):
     epochs: int = 2
     """Passes over the training pairs."""
     batch_size: int = 4
-    """Pairs per optimisation step."""
+    """Prompts per optimisation step, each with all its judged pairs (InstructGPT's batching:
+    with two samples per prompt, one pair each). Every prompt weighs the same in the loss: the
+    mean over its pairs."""
     micro_batch_size: int | None = Field(default=2, ge=1)
-    """Pairs per forward and backward pass, gradients accumulated over the batch (None: the
+    """Prompts per forward and backward pass, gradients accumulated over the batch (None: the
     whole batch at once). The same gradient, with the activations of a micro-batch only,
-    each micro-batch padded to its own longest pair: measured on 200 hh-rlhf pairs, 2 pairs
-    per pass peaked at 2.9 GiB against 5.0 GiB for 4, in the same time."""
+    each micro-batch padded to its own longest response: measured on 200 hh-rlhf pairs, 2
+    pairs per pass peaked at 2.9 GiB against 5.0 GiB for 4, in the same time. A pass scores
+    each distinct response of its prompts once (K per prompt)."""
     max_length: int = 256
     """Token cap per prompt+response (truncated on the left, keeping the response end)."""
-    eval_fraction: float = 0.25
-    """Share of prompt ids held out for rm/accuracy and rm/ece."""
+    eval_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
+    """Share of prompt ids held out for rm/accuracy and rm/ece (0: train on every pair, and
+    report neither)."""
     margin: float = 0.0
     """Margin subtracted from the reward difference in the loss."""
     center_coef: float = 0.01

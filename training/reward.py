@@ -49,10 +49,12 @@ def expected_calibration_error(p_pred: np.ndarray, p_label: np.ndarray, n_bins: 
 
 
 def split_by_prompt(df: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out whole prompt ids, so no prompt appears on both sides of the split."""
+    """Hold out whole prompt ids, so no prompt appears on both sides of the split (and a
+    prompt's tournament stays whole). eval_fraction 0 holds out nothing; above 0, at least one
+    prompt and never all."""
     ids = sorted(df["prompt_id"].unique(),
                  key=lambda p: hashlib.sha256(f"{seed}/{p}".encode()).hexdigest())
-    n_eval = min(max(1, round(len(ids) * eval_fraction)), len(ids) - 1) if len(ids) > 1 else 0
+    n_eval = min(max(1, round(len(ids) * eval_fraction)), len(ids) - 1) if len(ids) > 1 and eval_fraction > 0 else 0
     held = set(ids[:n_eval])
     mask = df["prompt_id"].isin(held)
     return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True)
@@ -89,26 +91,42 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
         return LastTokenScore(make_trainable(load_sequence_scorer(base_model, runtime), cfg.trainable, "SEQ_CLS"))
 
     module = build()
-    chosen = conversation_texts(tok, train["prompt"], train["chosen"])
-    rejected = conversation_texts(tok, train["prompt"], train["rejected"])
-    p_label = runtime.put(torch.tensor(train["p_chosen"].to_numpy(), dtype=torch.float32))
-    # a pair's padded width in a batch is that of its longer response
-    n_tokens = [min(max(len(c), len(r)), cfg.max_length) for c, r in
-                zip(*(tok(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)))]
+    # InstructGPT's batching: a prompt's comparisons (K*(K-1)/2 of them with K judged samples)
+    # are one example. Each distinct response is scored once per step (K forward passes, not
+    # K*(K-1)), and a response in K-1 pairs gets one gradient step per epoch, not K-1: InstructGPT
+    # found that shuffling a prompt's pairs apart over-fits the reward model within an epoch.
+    texts, groups = [], []  # groups: per prompt, its text slots and its pairs over them
+    for _, g in train.groupby("prompt_id", sort=False):
+        slot = {}
+        for r in (*g["chosen"], *g["rejected"]):
+            slot.setdefault(r, len(slot))
+        texts += conversation_texts(tok, [g["prompt"].iloc[0]] * len(slot), list(slot))
+        groups.append((len(texts) - len(slot), len(slot),
+                       torch.tensor([slot[r] for r in g["chosen"]]), torch.tensor([slot[r] for r in g["rejected"]]),
+                       runtime.put(torch.tensor(g["p_chosen"].to_numpy(), dtype=torch.float32))))
+    # a prompt's padded width in a batch is that of its longest response
+    lengths = [min(len(ids), cfg.max_length) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    n_tokens = [max(lengths[first:first + n]) for first, n, *_ in groups]
 
     def batches(gen: torch.Generator):
         order = (torch.tensor(get_length_grouped_indices(n_tokens, cfg.batch_size, generator=gen))
-                 if cfg.group_by_length else torch.randperm(len(train), generator=gen))
+                 if cfg.group_by_length else torch.randperm(len(groups), generator=gen))
         return order.split(cfg.batch_size)
 
     def loss_fn(module: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        enc = runtime.put(tok([chosen[i] for i in idx] + [rejected[i] for i in idx], return_tensors="pt",
+        batch = [groups[g] for g in idx.tolist()]
+        enc = runtime.put(tok([t for first, n, *_ in batch for t in texts[first:first + n]], return_tensors="pt",
                               padding=True, truncation=True, max_length=cfg.max_length, add_special_tokens=False))
-        r = module(enc["input_ids"], enc["attention_mask"])  # (2B,) chosen, then rejected
-        return soft_bt_loss(r[:len(idx)], r[len(idx):], p_label[idx], cfg.margin, cfg.center_coef) * len(idx)
+        r = module(enc["input_ids"], enc["attention_mask"])  # (sum of K,) one score per distinct response
+        loss, start = 0.0, 0
+        for _, n, c, rj, p in batch:  # each prompt counts once: the mean over its pairs
+            rg = r[start:start + n]
+            loss = loss + soft_bt_loss(rg[c], rg[rj], p, cfg.margin, cfg.center_coef)
+            start += n
+        return loss
 
     module, metrics = fit(module, batches, loss_fn, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed,
-                          name="reward model", metric="rm/loss", steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+                          name="reward model", metric="rm/loss", steps_per_epoch=math.ceil(len(groups) / cfg.batch_size),
                           micro_batch_size=cfg.micro_batch_size, parallel=parallel)
     trained = parallel.plain(module, build)
     if trained is None:  # not rank 0: rank 0 evaluates and saves
@@ -116,7 +134,7 @@ def train_reward_model(prefs: pd.DataFrame, reference_responses: pd.DataFrame, b
     model, step = trained.model, len(metrics)
 
     with torch.inference_mode():
-        summary = {"rm/train_pairs": len(train), "rm/heldout_pairs": len(held)}
+        summary = {"rm/train_pairs": len(train), "rm/train_prompts": len(groups), "rm/heldout_pairs": len(held)}
         if len(held):
             rc = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["chosen"]), cfg.max_length)
             rr = score_texts(model, tok, conversation_texts(tok, held["prompt"], held["rejected"]), cfg.max_length)

@@ -89,6 +89,42 @@ def test_reward_model_learns_a_planted_preference(tiny_model_dir, tmp_path):
     assert summary["rm/ece"] < 0.1  # soft labels of 0.9: it should also say "about 0.9"
 
 
+def test_reward_model_takes_a_prompts_whole_tournament_as_one_example(tiny_model_dir, tmp_path, monkeypatch):
+    """K = 4 samples per prompt, all 6 pairs judged: each prompt is one example of a batch, its
+    loss the mean over all its pairs (InstructGPT), each distinct response scored once."""
+    import training.reward as R
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for q in range(6):
+        texts = [f"answer {q}.{k} " + "kind " * k for k in range(4)]  # the kinder, the better
+        for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]:
+            rows.append({"pair_id": f"q{q}/r{i}/r{j}", "prompt_id": f"q{q}", "prompt": f"question {q}",
+                         "chosen": texts[j], "rejected": texts[i], "p_chosen": rng.uniform(0.6, 0.9), "valid": True})
+    prefs = pd.DataFrame(rows)
+    seen = []  # (pairs, distinct responses scored) per prompt, as the loss receives them
+
+    def spy(r_chosen, r_rejected, p_chosen, *a, **k):
+        seen.append((len(r_chosen), p_chosen.tolist()))
+        return real(r_chosen, r_rejected, p_chosen, *a, **k)
+
+    real = R.soft_bt_loss
+    monkeypatch.setattr(R, "soft_bt_loss", spy)
+    texts_per_pass = []
+    real_fwd = R.LastTokenScore.forward
+    monkeypatch.setattr(R.LastTokenScore, "forward",
+                        lambda self, ids, mask: texts_per_pass.append(len(ids)) or real_fwd(self, ids, mask))
+    summary, metrics = train_reward_model(prefs, reference_frame(), str(tiny_model_dir), tmp_path / "rm",
+                                          RewardConfig(epochs=1, batch_size=2, micro_batch_size=None, lr=1e-2,
+                                                       eval_fraction=0.0), {})
+    assert summary["rm/train_pairs"] == 36 and summary["rm/train_prompts"] == 6 and summary["rm/heldout_pairs"] == 0
+    assert "rm/accuracy" not in summary  # nothing held out: no accuracy to report
+    assert len([m for m in metrics if m["metric"] == "rm/loss"]) == 3  # 6 prompts, 2 per step
+    assert [n for n, _ in seen] == [6] * 6  # every prompt with all its pairs, once an epoch
+    assert sorted(p for _, ps in seen for p in ps) == pytest.approx(sorted(prefs["p_chosen"]))
+    assert texts_per_pass == [8, 8, 8]  # 2 prompts x 4 distinct responses, not 2 x 6 x 2 texts
+
+
 def test_reward_model_rejects_bad_data(tiny_model_dir, tmp_path):
     with pytest.raises(TrainingError, match="no valid preference pairs"):
         train_reward_model(prefs_frame().assign(valid=False), reference_frame(), str(tiny_model_dir),

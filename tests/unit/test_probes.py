@@ -138,7 +138,7 @@ def test_intransitive_triples_are_counted_per_prompt_tournament():
             ("p3", "s", "t", 0.7)]
     prefs = pd.DataFrame([{"pair_id": f"{p}/{a}/{b}", "prompt_id": p, **stored(a, b, q), "valid": True,
                            "position_consistent": True} for p, a, b, q in rows]
-                         + [{"pair_id": "r1/revision", "prompt_id": "p3", **stored("r1", "rev", 0.1), "valid": True,
+                         + [{"pair_id": "r1/revision", "prompt_id": "p3", **stored("r1", "rev", 0.1), "response_b_id": None, "valid": True,
                              "position_consistent": True}])
     m = self_consistency(prefs)
     assert (m["judge/triples"], m["judge/intransitive_triples"]) == (2, 0.5)
@@ -149,5 +149,5 @@ def test_intransitive_triples_are_counted_per_prompt_tournament():
 def stored(a: str, b: str, p_a: float) -> dict:
     """A preferences row's stored columns for responses a and b judged P(a better) = p_a."""
     ra, rb = f"answer {a}", f"answer {b}"
-    return {"response_a": ra, "response_b": rb, "chosen": ra if p_a >= 0.5 else rb,
+    return {"response_a": ra, "response_b": rb, "response_a_id": a, "response_b_id": b, "chosen": ra if p_a >= 0.5 else rb,
             "rejected": rb if p_a >= 0.5 else ra, "p_chosen": max(p_a, 1 - p_a)}

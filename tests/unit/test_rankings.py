@@ -102,6 +102,7 @@ def test_make_pairs_pairs_every_scheduled_sample_and_names_both():
     pairs = make_pairs(responses, "all")
     assert len(pairs) == 12 and list(pairs["prompt_id"].unique()) == ["b", "a"]  # first-seen order
     assert pairs["pair_id"].iloc[0] == "b/b-0/b-1" and pairs["response_b"].iloc[0] == "answer 1 to b"
+    assert (pairs["response_a_id"].iloc[0], pairs["response_b_id"].iloc[0]) == ("b-0", "b-1")
     assert pairs["pair_id"].is_unique
     two = make_pairs(responses[responses["sample_idx"] < 2])
     assert list(two["pair_id"]) == ["b/b-0/b-1", "a/a-0/a-1"]  # K = 2: today's one pair per prompt
@@ -129,8 +130,28 @@ def test_rank_responses_aggregates_each_prompts_tournament():
     assert r.loc["x", "elo"] > r.loc["y", "elo"] > r.loc["z", "elo"]
 
 
+def test_rankings_read_response_ids_that_contain_slashes():
+    """The pipeline's response ids are prompt/sample ("q1/s0"): a pair id cannot be split back
+    into them, so the ranking reads the stored ids."""
+    import pandas as pd
+
+    from judges.feedback import make_pairs
+    from judges.rankings import rank_responses
+
+    responses = pd.DataFrame([{"prompt_id": "q1", "sample_idx": s, "response_id": f"q1/s{s}", "prompt": "q",
+                               "response": f"answer {s}"} for s in range(3)])
+    pairs = make_pairs(responses, "all")
+    p_a = {"q1/s0": 0.9, "q1/s1": 0.8}  # P(a better) by the pair's first id: s0 > s1 > s2
+    prefs = pairs.assign(p_chosen=[max(p_a[a], 1 - p_a[a]) for a in pairs["response_a_id"]], valid=True,
+                         chosen=[ra if p_a[a] >= 0.5 else rb for a, ra, rb in
+                                 zip(pairs["response_a_id"], pairs["response_a"], pairs["response_b"])])
+    r = rank_responses(prefs, orders=10).set_index("response_id")
+    assert list(r.index) == ["q1/s0", "q1/s1", "q1/s2"] and list(r["rank"]) == [1, 2, 3]
+    assert list(r["comparisons"]) == [2, 2, 2]
+
+
 def stored(a: str, b: str, p_a: float) -> dict:
     """A preferences row's stored columns for responses a and b judged P(a better) = p_a."""
     ra, rb = f"answer {a}", f"answer {b}"
-    return {"response_a": ra, "response_b": rb, "chosen": ra if p_a >= 0.5 else rb,
+    return {"response_a": ra, "response_b": rb, "response_a_id": a, "response_b_id": b, "chosen": ra if p_a >= 0.5 else rb,
             "rejected": rb if p_a >= 0.5 else ra, "p_chosen": max(p_a, 1 - p_a)}
