@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import field_validator
 
 from rlaif.config import Sampling, StageConfig
@@ -45,6 +47,13 @@ class EvalConfig(StageConfig):
     snapshots: bool = True
     """Also evaluate PPO's intermediate policies (PPOConfig.snapshots): the reward-model score
     and the judge's win rate against KL, the over-optimisation curve."""
+    ladder: Literal["reference", "adjacent", "all"] = "adjacent"
+    """Which policies (PPO's snapshots and the final one; the reference is judged against each
+    anyway) are also judged head to head for the ladder (evaluation.ladder: BT and Elo, with
+    intervals). `reference`: none, the ladder rests on each policy against the reference
+    (no extra judging); `adjacent`: each policy against the next one on the ladder
+    ((policies - 1) x prompts extra pairs); `all`: every two policies (policies x
+    (policies - 1) / 2 x prompts). Each pair is judged in both orders, as every pair is."""
     overoptimisation_tolerance: float = 0.1
     """Flag over-optimisation when, from the best-judged policy on the curve to the final
     one, the reward-model score rises while the win rate falls by more than this."""

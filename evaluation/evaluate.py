@@ -15,6 +15,9 @@ Every rate comes with its n and a 95% interval (Wilson for the judge's rates, a 
 prompts for the probes and the KL).
 Across snapshots, the reward-model score and the win rate against KL form the
 over-optimisation curve; a proxy that rises while the judged win rate falls is flagged.
+The ladder (evaluation.ladder) ranks the reference, the snapshots and the final policy by
+head-to-head judging (EvalConfig.ladder says which policy pairs are judged besides each against
+the reference), with BT and Elo and their intervals.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 
 from constitution import Constitution
 from evaluation.config import EvalConfig
+from evaluation.ladder import judge_matches, ladder, ladder_comparisons, rung_pairs
 from evaluation.probes import load_refusal_patterns, probe_rows, response_probes
 from judges.config import FeedbackConfig
 from judges.feedback import direct_scores, label_preferences, seeded_rng
@@ -157,10 +161,12 @@ def side_columns(who: str, gens: list, stats: dict, patterns: tuple[str, ...]) -
 def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[int, str]], open_judge,
              constitution: Constitution, reward_model: str, cfg: EvalConfig,
              policy_engine: EngineConfig = Transformers(), runtime: Runtime = CPU,
-             ) -> tuple[pd.DataFrame, dict, pd.DataFrame, pd.DataFrame]:
+             ) -> tuple[pd.DataFrame, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """`policies`: (PPO step, model) pairs, the last one the final policy. Returns the per-
     prompt rows of every policy, the final policy's summary, the curve (one row per point, the
-    reference at step 0 and KL 0), and the probes (one row per policy and probe).
+    reference at step 0 and KL 0), the probes (one row per policy and probe), the ladder (one
+    row per policy, the reference first) and the policy-against-policy matches behind it (the
+    `matches` table's rows; empty with EvalConfig.ladder "reference" or a single policy).
 
     Two phases, so one engine runs at a time: the reference and every policy sample on one
     `policy_engine` (handed each policy's weights in turn), with their KL, probes and reward-
@@ -237,9 +243,19 @@ def evaluate(prompts: pd.DataFrame, reference_model: str, policies: list[tuple[i
                           "win_rate": wr["win_rate"], "ci_low": wr["ci_low"], "ci_high": wr["ci_high"], "n": wr["n"]})
             probes += [{"step": step, "policy": name, "final": final, **r}
                        for r in probe_rows(rows, cfg.seed, cfg.probe_resamples)]
+        # 3. the ladder's rungs between policies (each against the reference is judged above)
+        sides = [(name, step, side["policy_response"]) for step, name, side, _ in sampled]
+        matches = judge_matches(judge, constitution, prompts, sides, rung_pairs(len(sides), cfg.ladder), cfg.seed)
     rows = pd.concat(frames, ignore_index=True)
     curve, probes = pd.DataFrame(curve), pd.DataFrame(probes)
-    return rows, summarise(rows[rows["final"]], curve, probes[probes["final"]], cfg), curve, probes
+    # the reference under its model's name, unless a policy is that model too
+    ref = reference_model if reference_model not in rows["policy"].values else f"reference: {reference_model}"
+    ranked = ladder(ladder_comparisons(rows, matches, ref), [(ref, 0), *[(name, step) for step, name in policies]],
+                    resamples=cfg.probe_resamples, seed=cfg.seed)
+    summary = summarise(rows[rows["final"]], curve, probes[probes["final"]], cfg) | {
+        "ladder/policies": len(ranked), "ladder/matches": len(matches),
+        "ladder/matches_valid": int(matches["valid"].sum()) if len(matches) else 0}
+    return rows, summary, curve, probes, ranked, matches
 
 
 def summarise(rows: pd.DataFrame, curve: pd.DataFrame, probes: pd.DataFrame, cfg: EvalConfig) -> dict:

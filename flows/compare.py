@@ -11,12 +11,16 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import CompareConfig
+from constitution import load_constitution
+from flows.common import MODEL_TASK, cached
+from flows.config import CompareConfig, RunContext
 from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline, prepare_run
-from flows.reports import compare_markdown
+from flows.reports import compare_markdown, judge_doubts
 from flows.results import CompareResult, EvalResult, RunResult
+from evaluation.ladder import judge_matches, ladder, ladder_comparisons, rung_pairs
 from evaluation.probes import policy_against_policy
+from judges.judge import make_judge
 from rlaif.io import write_text_atomic
 from rlaif.paths import report_dir
 from rlaif.store import Store
@@ -85,15 +89,51 @@ def compare_pipeline(config: CompareConfig = CompareConfig()) -> CompareResult:
                                            runs[judged].stages.reward.reward_model, cross_cfg)
             rows.append({"trained_under": Path(trained).stem, "judged_under": Path(judged).stem,
                          "eval": evaluation.eval, **cell(evaluation)})
+    # the ladder's missing rungs: under each constitution's judge, each two trained policies head to head
+    matches = {}
+    for judged in constitutions:
+        stem = Path(judged).stem
+        ctx = ctxs[judged].model_copy(update={"run_id": f"{cid}-ladder-judged-by-{stem}"})
+        matches[stem] = cached(policy_matches, ctx)(ctx, config.eval.seed, {
+            r["trained_under"]: r["eval"] for r in rows if r["judged_under"] == stem})
     names = {Path(c).stem: ctxs[c].constitution_path for c in constitutions}
-    return compare_report(config, cid, names, {Path(c).stem: runs[c] for c in constitutions}, rows)
+    return compare_report(config, cid, names, {Path(c).stem: runs[c] for c in constitutions}, rows, matches)
+
+
+def final_rows(store: Store, evals: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """Each trained policy's final rows of its `eval` part, on the prompts all of them share."""
+    out = {}
+    for t, path in evals.items():
+        ev = store.read_part("eval", path).to_pandas()
+        out[t] = ev[ev["final"]]
+    shared = set.intersection(*(set(ev["prompt_id"]) for ev in out.values()))
+    return {t: ev[ev["prompt_id"].isin(shared)].sort_values("prompt_id").reset_index(drop=True)
+            for t, ev in out.items()}
+
+
+@task(**MODEL_TASK)
+def policy_matches(ctx: RunContext, seed: int, evals: dict[str, str]) -> str | None:
+    """Judge each two trained policies' final answers (`evals`: trained-under -> its eval part
+    judged under ctx's constitution) on the shared held-out prompts, under ctx's constitution
+    and judge; the `matches` part written (None: fewer than two policies)."""
+    if len(evals) < 2:
+        return None
+    store = Store(ctx.data)
+    finals = final_rows(store, evals)
+    first = next(iter(finals.values()))
+    sides = [(t, int(ev["policy_step"].iloc[0]), list(ev["policy_response"])) for t, ev in finals.items()]
+    with make_judge(ctx.judge, ctx.runtime) as judge:
+        matches = judge_matches(judge, load_constitution(ctx.constitution_path), first[["prompt_id", "prompt"]],
+                                sides, rung_pairs(len(sides), "all"), seed)
+    return str(store.write("matches", matches, key=f"{ctx.run_id}/matches", lineage=ctx.lineage(
+        judge_model=ctx.judge.model), metadata={"evals": evals}))
 
 
 @task
 def compare_report(config: CompareConfig, cid: str, names: dict[str, str], runs: dict[str, RunResult],
-                   rows: list[dict]) -> CompareResult:
-    """What the swap changed (the labels on the shared pairs, the trained policies' answers),
-    written to compare.md beside the table."""
+                   rows: list[dict], matches: dict[str, str | None]) -> CompareResult:
+    """What the swap changed (the labels on the shared pairs, the trained policies' answers)
+    and the ladder under each judging constitution, written to compare.md beside the table."""
     table = pd.DataFrame(rows)
     store = Store(config.data)
     prefs = {stem: store.read_part("preferences", run.stages.feedback.preferences).to_pandas()
@@ -123,10 +163,22 @@ def compare_report(config: CompareConfig, cid: str, names: dict[str, str], runs:
     diffs = pd.DataFrame([{"a": x, "b": y, **r} for i, x in enumerate(stems) for y in stems[i + 1:]
                           for r in policy_against_policy(evals[x], evals[y], config.eval.seed,
                                                          config.eval.probe_resamples)])
-    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples, probes, diffs)
+    # one ladder per judging constitution: the reference and each trained policy's final answers
+    ladders = {}
+    for judged, part in matches.items():
+        finals = final_rows(store, {r.trained_under: r.eval for r in table[table["judged_under"] == judged].itertuples()})
+        h2h = store.read_part("matches", part).to_pandas() if part else None
+        comparisons = ladder_comparisons(pd.concat([ev.assign(policy=t) for t, ev in finals.items()]), h2h, "reference")
+        ladders[judged] = ladder(comparisons, [("reference", 0), *[(t, int(ev["policy_step"].iloc[0]))
+                                                                  for t, ev in finals.items()]],
+                                 resamples=config.eval.probe_resamples, seed=config.eval.seed)
+    near_chance = {stem: bool(judge_doubts(run.stages)) for stem, run in runs.items()}
+    markdown = compare_markdown(cid, names, table, agreement, answers_differ(evals), samples, probes, diffs,
+                                ladders, near_chance)
     out = write_text_atomic(report_dir(config.data, cid) / "compare.md", markdown)
     create_markdown_artifact(key="compare-report", markdown=markdown, description=f"constitution A/B {cid}")
     return CompareResult(compare_id=cid, report=str(out.resolve()), table=table.to_dict("records"),
                          probes=probes.to_dict("records"), policy_diffs=diffs.to_dict("records"),
                          label_agreement={f"{x}/{y}": a for (x, y), a in agreement.items()},
+                         ladders={stem: lad.to_dict("records") for stem, lad in ladders.items()},
                          runs={stem: run.run_id for stem, run in runs.items()})

@@ -81,3 +81,30 @@ def plot_reward_kl(curve: pd.DataFrame, path: Path, title: str, flagged: bool) -
     ax_rm.set(title="proxy reward", ylabel="mean RM score (std units)")
     ax_win.set(title="judged quality" + (" - OVER-OPTIMISED" if flagged else ""), ylabel="win rate")
     return save_figure(fig, path, title)
+
+
+def plot_ladder(ladder: pd.DataFrame, path: Path, title: str, labels: list[str] | None = None) -> str:
+    """The ladder (evaluation.ladder), policies on the x axis in ladder order (labelled by
+    PPO step; the reference first): the Elo mean with its 2.5-97.5% range over shuffled orders,
+    and the fitted P(beats the reference) with its 95% bootstrap interval over prompts. A policy
+    without a valid comparison has no point."""
+    fig, (ax_elo, ax_win) = figure(2, width=4.5)
+    x = np.arange(len(ladder))
+    labels = labels or ["reference", *[f"step {s}" for s in ladder["step"].iloc[1:]]]
+    for ax, col, colour, par in ((ax_elo, "elo", "tab:purple", 1000), (ax_win, "win_prob", "tab:orange", 0.5)):
+        # (2, N); NaN (no comparison) drawn without a bar, rounding never a negative length
+        err = np.clip(np.nan_to_num([ladder[col] - ladder[f"{col}_ci_low"], ladder[f"{col}_ci_high"] - ladder[col]]),
+                      0, None)
+        ax.errorbar(x, ladder[col], yerr=err, marker="o", ls="none", color=colour, capsize=3)
+        for k, (v, n) in enumerate(zip(ladder[col], ladder["comparisons"])):
+            ax.annotate(f"n={n}", (k, v if np.isfinite(v) else par), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4))
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlim(-0.5, len(ladder) - 0.5)
+        ax.set_xlabel("policy (ladder order)")
+        if not ladder[col].notna().any():
+            ax.text(0.5, 0.3, "no valid comparison", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.axhline(par, color="gray", lw=0.8, ls="--")
+    ax_elo.set(title="Elo (reference 1000; range over orders)", ylabel="rating")
+    ax_win.set(title="P(beats the reference), BT (95% CI)", ylabel="probability")
+    return save_figure(fig, path, title)

@@ -101,6 +101,35 @@ def _ci(lo, hi) -> str:
     return f"95% CI {fmt(lo)} to {fmt(hi)}"
 
 
+def ladder_markdown(ladder: pd.DataFrame, near_chance: bool = False,
+                    title: str = "Ladder of policies (head-to-head judging)") -> str:
+    """The ladder table (evaluation.ladder), one row per policy in ladder order, the reference
+    first: P(beats the reference) and BT strength with their bootstrap intervals over prompts,
+    Elo with its range over orders, wins / losses / ties and n."""
+    lines = [f"### {title}", "",
+             f"Ranked by the judge's head-to-head verdicts ({int(ladder['prompts'].max())} held-out prompts with a "
+             "valid one): each policy against the reference, and policy against policy (the `matches` table). "
+             "P(beats the reference) is the Bradley-Terry fit, the reference anchored at strength 0, with a 95% bootstrap interval over "
+             "prompts; Elo is the mean over shuffled orders, the reference at 1000, with the 2.5-97.5% range over "
+             "the orders. n counts valid comparisons (identical answers and unlabelled pairs are none); a policy "
+             "with none is not ranked.", ""]
+    if near_chance:
+        lines += ["**Judge near chance** (the feedback stage's gate): read this ranking as noise.", ""]
+    lines += ["| rank | policy | PPO step | P(beats reference) (95% CI) | Elo (range over orders) "
+              "| BT strength (95% CI) | W / L / T | n |", "|---|---|---|---|---|---|---|---|"]
+    for k, r in enumerate(ladder.itertuples()):
+        name = "reference" if k == 0 else f"`{Path(str(r.policy)).name}`"
+        rank = "-" if r.rank is None or (isinstance(r.rank, float) and math.isnan(r.rank)) else int(r.rank)
+        anchor = k == 0 and not math.isnan(r.bt_strength)  # 0.5 and 0 by definition: no interval
+        win = "0.5 (anchor)" if anchor else f"{fmt(r.win_prob)} ({fmt(r.win_prob_ci_low)} to {fmt(r.win_prob_ci_high)})"
+        bt = "0 (anchor)" if anchor else f"{fmt(r.bt_strength)} ({fmt(r.bt_ci_low)} to {fmt(r.bt_ci_high)})"
+        lines.append(f"| {rank} | {name} | {r.step} | {win} | {fmt(r.elo)} ({fmt(r.elo_ci_low)} to {fmt(r.elo_ci_high)}) "
+                     f"| {bt} "
+                     f"| {r.wins} / {r.losses} / {r.ties} | {r.comparisons}"
+                     f"{' (fewer than ' + str(FEW) + ')' if r.comparisons < FEW else ''} |")
+    return "\n".join(lines)
+
+
 def probes_markdown(probes: pd.DataFrame, final_only: bool = True) -> str:
     """The probes table: each probe for the reference and the policy, and the difference, each
     with its interval; a difference whose interval excludes 0 is in bold."""
@@ -218,6 +247,8 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
             lines += [probes_markdown(pd.DataFrame(result.probes), final_only=False), ""]
             if result.curve:
                 lines += [curve_markdown(pd.DataFrame(result.curve), bool(result.get("eval/overoptimisation"))), ""]
+            if result.ladder:
+                lines += [ladder_markdown(pd.DataFrame(result.ladder), bool(judge_doubts(stages))), ""]
         lines += ["| | |", "|---|---|", *[f"| `{k}` | {fmt(v)} |" for k, v in {**result.metrics, **paths}.items()]]
         # the PNGs sit next to report.md; the UI cannot show a local file
         lines += ["", *[f"![{name}: {k}]({Path(v).name})" for k, v in result.plots.items()]]
@@ -225,7 +256,8 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
 
 
 def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agreement: dict,
-                     differ: dict, samples: pd.DataFrame, probes: pd.DataFrame, diffs: pd.DataFrame) -> str:
+                     differ: dict, samples: pd.DataFrame, probes: pd.DataFrame, diffs: pd.DataFrame,
+                     ladders: dict[str, pd.DataFrame] | None = None, near_chance: dict[str, bool] | None = None) -> str:
     lines = [f"# Constitution A/B `{cid}`", "",
              *[f"- **{n}**: `{path}`" for n, path in names.items()], "",
              "## How each trained policy fares under each constitution", "",
@@ -242,6 +274,13 @@ def compare_markdown(cid: str, names: dict[str, str], table: pd.DataFrame, agree
               f"| {fmt(r.policy_adherence_rate)} ({fmt(r.policy_adherence_rate_ci_low)} to {fmt(r.policy_adherence_rate_ci_high)}) "
               f"| {fmt(r.reference_adherence_rate)} | {fmt(r.policy_adherence_n)} | {fmt(r.policy_score)} |"
               for r in table.itertuples()]
+    if ladders:
+        lines += ["", "## Ladder under each judging constitution", "",
+                  "Under each constitution's judge, the reference and each trained policy's final answers on the same "
+                  "held-out prompts: each policy against the reference (the table above) and each two trained "
+                  "policies against each other (the `matches` table).", ""]
+        for judged, lad in ladders.items():
+            lines += [ladder_markdown(lad, (near_chance or {}).get(judged, False), f"Ladder judged under {judged}"), ""]
     lines += ["", "## Behaviour of each trained policy, no judge involved", "",
               "The probes of each run's own evaluation (the same held-out prompts and seeds); 95% intervals from a "
               "bootstrap over prompts; bold: the interval of the difference from the reference excludes 0.", "",

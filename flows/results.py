@@ -51,6 +51,8 @@ class GenerateResult(StageResult):
 class FeedbackResult(StageResult):
     critiques: str
     preferences: str
+    rankings: str | None = None
+    """The `rankings` part written (None: no prompt had a tournament of judged samples)."""
 
 
 class SFTResult(StageResult):
@@ -76,6 +78,11 @@ class EvalResult(StageResult):
     """The reward-KL curve: one point per policy (the reference at step 0)."""
     probes: list[dict] = []
     """The behaviour probes (evaluation.probes): one row per (policy, probe), with intervals."""
+    ladder: list[dict] = []
+    """The policies ranked by head-to-head judging (evaluation.ladder): one row per policy,
+    the reference included, with BT strength and Elo and their intervals."""
+    matches: str | None = None
+    """The `matches` part written: the ladder's policy-against-policy judgements."""
 
 
 class Stages(BaseModel):
@@ -117,3 +124,5 @@ class CompareResult(BaseModel):
     `a` and `b` name them; `policy` is a's value, `reference` b's, `diff` a - b."""
     label_agreement: dict[str, dict]
     runs: dict[str, str]
+    ladders: dict[str, list[dict]] = {}
+    """Per judging constitution, the ladder (evaluation.ladder) of the reference and each trained policy."""

@@ -1,7 +1,8 @@
 """Faults, with real processes and real file systems:
 
-- a run SIGKILLed in the middle of labelling, and again in the middle of PPO, then started
-  again, ends with the same datasets and policy as a run that was never interrupted;
+- a run SIGKILLed in the middle of labelling its tournaments, and again in the middle of PPO,
+  then started again, labels only the missing shards and ends with the same datasets and
+  policy as a run that was never interrupted;
 - three runs at once against one data root (two under the same constitution) lose and mix
   no rows;
 - a full data root (a small tmpfs) and a read-only one are clear errors that keep the data
@@ -28,12 +29,13 @@ from rlaif.store import TABLES, Lineage, Store, StoreError
 pytestmark = pytest.mark.slow
 
 RLAIF = Path(sys.executable).parent / "rlaif"
-N_PROMPTS, SAMPLES = 8, 2  # 8 pairs, labelled in 4 shards of 2
+N_PROMPTS, SAMPLES = 8, 3  # tournaments: 3 pairs per prompt, 24 pairs labelled in 4 shards of 6
 
 
 def settings(tiny: Path) -> list[str]:
     return ["--policy-model", str(tiny), "--judge.model", str(tiny), "--generate.n-prompts", str(N_PROMPTS),
-            "--generate.sampling.max-new-tokens", "6", "--feedback.sampling.max-new-tokens", "5", "--feedback.shards", "4",
+            "--generate.sampling.max-new-tokens", "6", "--generate.samples-per-prompt", str(SAMPLES),
+            "--feedback.pairing", "all", "--feedback.sampling.max-new-tokens", "5", "--feedback.shards", "4",
             "--sft.no-enabled", "--reward.epochs", "1", "--reward.batch-size", "2", "--ppo.steps", "6",
             "--ppo.batch-size", "3", "--ppo.mini-batch-size", "3", "--ppo.ppo-epochs", "1",
             "--ppo.sampling.max-new-tokens", "6", "--eval.n-prompts", "3", "--eval.sampling.max-new-tokens", "6"]
@@ -93,6 +95,7 @@ def test_sigkill_in_labelling_and_in_ppo_then_rerun_equals_an_uninterrupted_run(
     proc = start(tiny_model_dir, data, "fault")
     kill_when(proc, lambda: store.parts("preference_shards") and not store.parts("preferences"), "a labelled shard")
     assert 1 <= len(store.parts("preference_shards")) < 4 and not store.parts("preferences"), "killed mid-labelling"
+    labelled = {p: p.stat().st_mtime_ns for p in store.parts("preference_shards")}
 
     proc = start(tiny_model_dir, data, "fault")
     policy = lambda: next((data / "checkpoints").glob("*/fault/policy"), None)  # noqa: E731
@@ -107,8 +110,10 @@ def test_sigkill_in_labelling_and_in_ppo_then_rerun_equals_an_uninterrupted_run(
         a, b = table(ref, name), table(data, name)
         assert len(a) > 0, name
         pd.testing.assert_frame_equal(a, b, obj=name)
+    # the rerun labelled only the shards the killed run had not: those it wrote were never rewritten
+    assert {p: p.stat().st_mtime_ns for p in labelled} == labelled and len(store.parts("preference_shards")) == 4
     ids = table(data, "preferences")["pair_id"]
-    assert ids.is_unique and len(ids) == N_PROMPTS
+    assert ids.is_unique and len(ids) == N_PROMPTS * SAMPLES * (SAMPLES - 1) // 2
     ref_policy, run_policy = next((ref / "checkpoints").glob("*/fault/policy")), policy()
     a, b = load_file(ref_policy / "model.safetensors"), load_file(run_policy / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "the same policy"

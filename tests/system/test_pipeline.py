@@ -13,8 +13,9 @@ from flows.config import PipelineConfig
 from rlaif.store import LINEAGE_COLUMNS, TABLES, Store
 
 TINY = {
-    "generate": {"n_prompts": 5, "sampling": {"max_new_tokens": 6}},
-    "feedback": {"sampling": {"max_new_tokens": 5}},
+    # a tournament: 4 samples per prompt, all 6 pairs judged
+    "generate": {"n_prompts": 5, "samples_per_prompt": 4, "sampling": {"max_new_tokens": 6}},
+    "feedback": {"pairing": "all", "sampling": {"max_new_tokens": 5}},
     "sft": {"enabled": True, "max_length": 64},
     "reward": {"epochs": 1, "batch_size": 2},
     "ppo": {"steps": 2, "batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1, "sampling": {"max_new_tokens": 6}},
@@ -44,6 +45,36 @@ def test_every_table_has_rows_with_lineage(pipeline_run):
         assert set(df["constitution_sha"]) == {result.constitution_sha}, table
         assert df["flow_run_id"].str.len().gt(0).all(), table
         assert len(pd.read_parquet(data / table)) == len(df), table
+
+
+def test_a_tournament_is_ranked_with_lineage_and_trains_the_reward_model_on_every_pair(pipeline_run):
+    """K = 4 samples per prompt, pairing all: 6 judged pairs per prompt, one `rankings` row per
+    sample with BT, Elo and rank, and the reward model trained on every valid pair."""
+    data, result = pipeline_run
+    store = Store(data)
+    prefs, responses, ranks = store.read("preferences"), store.read("responses"), store.read("rankings")
+    assert len(prefs) == 5 * 6 and (prefs.groupby("prompt_id").size() == 6).all()
+    assert set(prefs["response_a_id"]) | set(prefs["response_b_id"]) == set(responses["response_id"])
+    assert result.stages.feedback.rankings and Path(result.stages.feedback.rankings).is_file()
+    judged = store.read_parts("preferences", [result.stages.feedback.preferences])
+    prompts_ranked = judged[judged["valid"]]["prompt_id"].unique()
+    assert set(ranks["prompt_id"]) == set(prompts_ranked)
+    for pid, g in ranks.groupby("prompt_id"):
+        assert sorted(g["rank"]) == list(range(1, len(g) + 1)), pid
+        assert g["response"].notna().all() and set(g["response_id"]) <= set(responses["response_id"])
+        assert g.sort_values("rank")["bt_strength"].is_monotonic_decreasing
+        # each sample met every other valid sample of its prompt once
+        mine = judged[judged["valid"] & (judged["prompt_id"] == pid)]
+        met = pd.concat([mine["response_a_id"], mine["response_b_id"]]).value_counts()
+        assert g.set_index("response_id")["comparisons"].to_dict() == met.to_dict(), pid
+    assert set(ranks["judge_model"]) == set(prefs["judge_model"]) and set(ranks["run_id"]) == {"tiny-run"}
+    # the reward model saw every valid pair: prompts whole on one side of its split
+    rm = result.stages.reward.metrics
+    valid = prefs[prefs["valid"]]
+    assert rm["rm/train_pairs"] + rm["rm/heldout_pairs"] == len(valid)
+    assert rm["rm/train_prompts"] == valid["prompt_id"].nunique() - round(valid["prompt_id"].nunique() * 0.25)
+    lineage = json.loads((Path(result.checkpoints) / "reward_model" / "lineage.json").read_text())
+    assert sorted(lineage["preference_pair_ids"]) == sorted(valid["pair_id"])
 
 
 def test_no_training_table_contains_eval_prompts(pipeline_run):
@@ -92,7 +123,11 @@ def test_outputs_report_and_artifacts(pipeline_run):
     # the progress artifacts were updated batch by batch and step by step, to the end
     progress = {(a.key, a.description.split(" (")[0], float(a.data)) for a in everything if a.type == "progress"}
     assert ("ppo-progress", "PPO steps: 2/2", 100.0) in progress
-    assert ("generate-progress", "Responses generated: 10/10", 100.0) in progress
+    assert "Ladder of policies" in arts["evaluate-summary"].data and "| rank | policy | PPO step |" in report
+    assert ("generate-progress", "Responses generated: 20/20", 100.0) in progress
+    ranked = json.loads(arts["feedback-rankings"].data) if isinstance(arts["feedback-rankings"].data, str) \
+        else arts["feedback-rankings"].data
+    assert len(ranked) == 12 and {"prompt", "rank", "response", "bt_strength", "elo", "wins"} <= set(ranked[0])
 
 
 def test_rerun_with_same_run_id_duplicates_nothing(pipeline_run, tiny_model_dir):
@@ -275,9 +310,23 @@ def test_evaluation_reports_the_curve_adherence_probes_and_length_correction(pip
     report = Path(result.report).read_text()
     assert "win rate at equal length" in report and "Reward-model score and win rate against KL" in report
     assert "Behaviour probes (no judge)" in report and "share cut off without EOS" in report
-    for plot in ("eval.png", "reward_kl.png"):
+    for plot in ("eval.png", "reward_kl.png", "ladder.png"):
         assert (Path(result.report).parent / plot).read_bytes()[:4] == b"\x89PNG", plot
         assert f"]({plot})" in report, plot
+    # the ladder: the reference (the SFT model PPO started from), the snapshot, the final policy;
+    # the snapshot against the final policy (--eval.ladder adjacent) in `matches`, with lineage
+    ladder = pd.DataFrame(ev.ladder)
+    policies = rows.drop_duplicates("policy_step").sort_values("policy_step")["policy"].tolist()
+    assert Path(ladder["policy"].iloc[0]).name == "sft" and ladder["policy"].tolist()[1:] == policies
+    assert ladder["step"].tolist() == [0, 1, 2]
+    matches = Store(data).read_part("matches", ev.matches).to_pandas()
+    assert len(matches) == 3 and set(zip(matches["policy_a"], matches["policy_b"])) == {tuple(policies)}
+    assert matches[LINEAGE_COLUMNS].notna().all().all() and set(matches["run_id"]) == {"tiny-run"}
+    assert set(matches["prompt_id"]) == set(final["prompt_id"]) and ev.metrics["ladder/matches"] == 3
+    # every valid verdict counts once for each side; identical answers count for none
+    assert ladder["comparisons"].sum() == 2 * (rows["valid"].sum() + matches["valid"].sum())
+    assert ladder.loc[ladder["comparisons"] == 0, "bt_strength"].isna().all()
+    assert "Ladder of policies (head-to-head judging)" in report
 
 
 def test_evaluate_again_writes_evaluation_md_beside_the_report(pipeline_run, tiny_model_dir):
@@ -338,6 +387,17 @@ def test_compare_two_constitutions(prefect_harness, tiny_model_dir, tmp_path):
     assert {p["trained_under"] for p in result.probes} == {"harmless", "concise"}
     # and against each other: harmless - concise, probe by probe
     assert "Policy against policy, no judge involved" in report
+    # the ladder under each judge: the reference and both trained policies, the head-to-head in `matches`
+    assert "## Ladder under each judging constitution" in report and "### Ladder judged under concise" in report
+    assert set(result.ladders) == {"harmless", "concise"}
+    for judged, rungs in result.ladders.items():
+        rungs = pd.DataFrame(rungs).set_index("policy")
+        assert list(rungs.index) == ["reference", "harmless", "concise"]
+        h2h = store.read("matches", run_id=f"{result.compare_id}-ladder-judged-by-{judged}")
+        assert len(h2h) == 2 and set(h2h["constitution_sha"]) == set(shas[judged])
+        cells = table[table["judged_under"] == judged].set_index("trained_under")["compared"]
+        for trained in ("harmless", "concise"):
+            assert rungs.loc[trained, "comparisons"] == cells[trained] + h2h["valid"].sum(), (judged, trained)
     assert {(d["a"], d["b"]) for d in result.policy_diffs} == {("harmless", "concise")}
     by_probe = {(p["trained_under"], p["probe"]): p["policy"] for p in result.probes}
     for d in result.policy_diffs:
