@@ -33,6 +33,7 @@ BENCHMARKS = {
     "store": ("bench/store.py", "store"),
     "e2e": ("bench/e2e.py", "e2e"),
     "load": ("bench/load.py", "load"),
+    "rankings": ("bench/rankings.py", "rankings"),
 }
 
 
@@ -73,9 +74,9 @@ def main() -> None:
     (RESULTS / f"{today}{suffix}.json").write_text(json.dumps(merged, indent=2))
     md = f"# Benchmarks {today}{' (quick settings)' if args.quick else ''}\n\nMachine: {merged['machine']}\n\n"
     md += table(results) + "\n"
-    from bench import e2e, load, store  # their own tables: scaling, per-stage times, concurrency
+    from bench import e2e, load, rankings, store  # their own tables: scaling, per-stage times, concurrency, RM accuracy
 
-    for name, module in (("store", store), ("e2e", e2e), ("load", load)):
+    for name, module in (("store", store), ("e2e", e2e), ("load", load), ("rankings", rankings)):
         if name in results:
             md += f"\n## {name}\n\n{module.markdown(results[name])}\n"
     if failed:
