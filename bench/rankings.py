@@ -178,11 +178,12 @@ def schedule_cost(schedule: str, n_pairs: int, n_prompts: int, seconds: float, v
             "seconds_per_prompt": seconds / n_prompts if n_prompts else float("nan")}
 
 
-def _acc(a: dict) -> str:
+def _acc(a: dict, half: str = "ties") -> str:
+    """half names what a 0.5 means: a tie on one seed's row, seeds that split on the mean row."""
     if not a["n"]:
         return "n/a (0 pairs)"
     flag = " (near chance)" if a["near_chance"] else ""
-    ties = f", {a['ties']} ties" if a.get("ties") else ""
+    ties = f", {a['ties']} {half}" if a.get("ties") else ""
     return f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]{flag}{ties}"
 
 
@@ -205,12 +206,13 @@ def markdown(result: dict) -> str:
              "| side | prompts | responses generated | judged pairs (valid, position-consistent) | RM trained on | "
              "held-out acc. vs judge | held-out, consistent only | hh-rlhf dev acc. |",
              "|---|---|---|---|---|---|---|---|"]
+    split = "split between seeds or tied"  # a pair's mean correctness is 0.5
     for name, side in sides.items():
         m = side["mean"]
         lines.append(f"| {name} (mean of {len(side['seeds'])} seed(s)) | {side['prompts']} | {side['responses']} | "
                      f"{side['judged_pairs']} ({side['valid_pairs']}, {side['position_consistent_pairs']}) | "
                      f"{side['seeds'][0]['train_pairs']} pairs, {side['seeds'][0]['optimizer_steps']} steps | "
-                     f"{_acc(m['heldout'])} | {_acc(m['heldout_consistent'])} | {_acc(m['hh'])} |")
+                     f"{_acc(m['heldout'], split)} | {_acc(m['heldout_consistent'], split)} | {_acc(m['hh'], split)} |")
         for r in side["seeds"]:
             lines.append(f"| {name}, seed {r['seed']} | | | | {r['train_pairs']} pairs, {r['optimizer_steps']} steps "
                          f"| {_acc(r['heldout'])} | "

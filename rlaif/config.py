@@ -150,7 +150,8 @@ class GenerateConfig(StageConfig):
     n_prompts: int | None = 32
     """Training prompts to answer (None: all of the train split)."""
     samples_per_prompt: int = Field(default=2, ge=1)
-    """Responses per prompt; the first two form the preference pair."""
+    """Responses per prompt (K). With K > 2 each prompt is a tournament: FeedbackConfig.pairing
+    says which of its pairs the judge labels, and the rankings table ranks its samples."""
     sampling: Sampling = Sampling(max_new_tokens=64, temperature=0.8, top_p=0.95)
     seed: int = 0
     """Seed for sampling; the same seed gives the same responses."""
