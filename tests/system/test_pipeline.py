@@ -21,6 +21,7 @@ TINY = {
     "ppo": {"steps": 2, "batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1, "sampling": {"max_new_tokens": 6}},
     "eval": {"n_prompts": 3, "sampling": {"max_new_tokens": 6}},
 }
+TINY_RESPONSES, TINY_PAIRS = 5 * 4, 5 * 6  # what TINY generates and judges
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_a_tournament_is_ranked_with_lineage_and_trains_the_reward_model_on_ever
     data, result = pipeline_run
     store = Store(data)
     prefs, responses, ranks = store.read("preferences"), store.read("responses"), store.read("rankings")
-    assert len(prefs) == 5 * 6 and (prefs.groupby("prompt_id").size() == 6).all()
+    assert len(prefs) == TINY_PAIRS and (prefs.groupby("prompt_id").size() == 6).all()
     assert set(prefs["response_a_id"]) | set(prefs["response_b_id"]) == set(responses["response_id"])
     assert result.stages.feedback.rankings and Path(result.stages.feedback.rankings).is_file()
     judged = store.read_parts("preferences", [result.stages.feedback.preferences])
@@ -161,7 +162,7 @@ def test_the_judge_gate_measures_the_judge_and_stops_before_training(prefect_har
     with pytest.raises(RunError, match="judge gate: the judge cannot be told apart from chance"):
         pipeline(PipelineConfig.model_validate(settings))
     store = Store(tmp_path / "data")
-    assert len(store.read("preferences")) == 5 and not store.parts("rm_metrics")  # labels kept, nothing trained
+    assert len(store.read("preferences")) == TINY_PAIRS and not store.parts("rm_metrics")  # labels kept, nothing trained
     # the feedback stage's figures (cached: the same run again does not label anew)
     cfg = PipelineConfig.model_validate(settings)
     ctx = prepare_run(cfg)
@@ -265,13 +266,13 @@ def test_a_crashed_run_restarts_from_its_finished_steps(prefect_harness, tiny_mo
         assert store.read(t)["created_at"].tolist() == written[t], t
     assert len(store.read("ppo_metrics")) > 0 and np.isfinite(result.stages.ppo.metrics["objective/kl"])
     responses, prefs = store.read("responses"), store.read("preferences")
-    assert len(responses) == 5 * 2 and responses["response_id"].is_unique
-    assert prefs["pair_id"].is_unique and len(prefs) == 5
+    assert len(responses) == TINY_RESPONSES and responses["response_id"].is_unique
+    assert prefs["pair_id"].is_unique and len(prefs) == TINY_PAIRS
 
     # Another constitution under the same run id is a cache miss: everything is recomputed.
     other = pipeline(PipelineConfig.model_validate({**settings, "constitution": "concise"}))
     assert other.constitution_sha != result.constitution_sha
-    assert len(store.read("responses", constitution_sha=other.constitution_sha)) == 5 * 2
+    assert len(store.read("responses", constitution_sha=other.constitution_sha)) == TINY_RESPONSES
     assert store.read("responses", constitution_sha=result.constitution_sha)["created_at"].tolist() == written["responses"]
 
 
