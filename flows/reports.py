@@ -19,6 +19,8 @@ from rlaif.stats import FEW
 HEADLINE = {
     "pairs labelled": ("feedback", "judge/valid_pairs", None, False, True),
     "judge position consistency": ("feedback", "judge/position_consistency", "judge/valid_pairs", True, True),
+    "judge intransitive triples (a random judge: 0.25)": ("feedback", "judge/intransitive_triples", "judge/triples",
+                                                          True, True),
     "judge agreement with humans": ("feedback", "judge/agreement", "judge/agreement_n", True, False),
     "'longer response wins' agreement with humans": ("feedback", "baseline/longer_wins", "judge/agreement_n", True,
                                                       False),

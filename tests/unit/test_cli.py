@@ -96,7 +96,8 @@ def test_the_verdict_says_what_changed_and_marks_a_judge_near_chance():
     fb = FeedbackResult(critiques="c", preferences="p", metrics={
         "judge/valid_pairs": 40, "judge/position_consistency": 0.3, "judge/position_consistency_ci_low": 0.18,
         "judge/position_consistency_ci_high": 0.45, "judge/gate_mode": "warn",
-        "judge/gate_reasons": "chance on its own pairs (...)"})
+        "judge/gate_reasons": "chance on its own pairs (...)", "judge/intransitive_triples": 0.15,
+        "judge/intransitive_triples_ci_low": 0.05, "judge/intransitive_triples_ci_high": 0.36, "judge/triples": 20})
     stages = Stages(feedback=fb, evaluate=ev)
     text = "\n".join(verdict(stages))
     changed, unchanged = text.split("Not distinguishable")
@@ -107,6 +108,8 @@ def test_the_verdict_says_what_changed_and_marks_a_judge_near_chance():
     figures = headline(stages)
     assert "judge near chance" in figures["held-out win rate vs reference"].notes
     assert figures["KL to reference, held-out (nats per response, exact)"].notes == []  # no judge in it
+    cycles = figures["judge intransitive triples (a random judge: 0.25)"]  # K >= 3: the tournaments' cycles
+    assert (cycles.value, cycles.n, cycles.ci_low, cycles.ci_high) == (0.15, 20, 0.05, 0.36)
     # the same run with a judge that passed the gate: no mark
     passed = fb.model_copy(update={"metrics": {**fb.metrics, "judge/gate_reasons": ""}})
     assert headline(Stages(feedback=passed, evaluate=ev))["held-out win rate vs reference"].notes == []
