@@ -97,11 +97,11 @@ def test_sigkill_in_labelling_and_in_ppo_then_rerun_equals_an_uninterrupted_run(
     # Shards run one after another: once shard 1's part exists, shard 0's task has returned and
     # its cache record is stored. The shard being written at the kill has no record yet, so
     # the rerun labels it again, into the same file (its key is the same).
-    shard = lambda k: store.part_name(f"fault/preferences/{k}-of-4")  # noqa: E731
     kill_when(proc, lambda: len(store.parts("preference_shards")) >= 2 and not store.parts("preferences"),
               "two labelled shards")
     assert 2 <= len(store.parts("preference_shards")) < 4 and not store.parts("preferences"), "killed mid-labelling"
-    labelled = {p: p.stat().st_mtime_ns for p in store.parts("preference_shards") if p.name == shard(0)}
+    first = store.part_name("fault/preferences/0-of-4")
+    labelled = {p: p.stat().st_mtime_ns for p in store.parts("preference_shards") if p.name == first}
     assert labelled, "shard 0 was labelled before the kill"
 
     proc = start(tiny_model_dir, data, "fault")

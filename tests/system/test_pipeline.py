@@ -21,7 +21,8 @@ TINY = {
     "ppo": {"steps": 2, "batch_size": 3, "mini_batch_size": 3, "ppo_epochs": 1, "sampling": {"max_new_tokens": 6}},
     "eval": {"n_prompts": 3, "sampling": {"max_new_tokens": 6}},
 }
-TINY_RESPONSES, TINY_PAIRS = 5 * 4, 5 * 6  # what TINY generates and judges
+_N, _K = TINY["generate"]["n_prompts"], TINY["generate"]["samples_per_prompt"]
+TINY_RESPONSES, TINY_PAIRS = _N * _K, _N * _K * (_K - 1) // 2  # what TINY generates and judges (pairing all)
 
 
 @pytest.fixture(scope="module")
