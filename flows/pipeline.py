@@ -72,9 +72,9 @@ def check_launch(config: PipelineConfig) -> None:
         raise RunError(f"--train.accelerate-config {train.accelerate_config!r}: no such file")
     if not train.launched:
         return
-    if config.ppo.reward_source == "judge":
-        raise RunError("--ppo.reward-source judge runs in one process: the judge lives in the flow's process; "
-                       "use --train.num-processes 1, or the reward model")
+    if config.ppo.reward_source != "reward_model":
+        raise RunError(f"--ppo.reward-source {config.ppo.reward_source} runs in one process: the judge lives in "
+                       "the flow's process; use --train.num-processes 1, or the reward model")
     if config.policy_engine.kind != "transformers":
         raise RunError(f"PPO across processes rolls out with the transformers engine in each rank, not "
                        f"policy-engine:{config.policy_engine.kind}; use policy-engine:transformers "
@@ -187,7 +187,7 @@ def train_stages(ctx: RunContext, config: PipelineConfig, stages: Stages, prefer
         sft = sft_flow(ctx, critiques, config.sft)
         ctx = ctx.model_copy(update={"policy_model": sft.policy})
     reward = reward_flow(ctx, preferences, responses, config.reward)
-    ppo = ppo_flow(ctx, reward.reward_model, config.ppo)
+    ppo = ppo_flow(ctx, reward.reward_model, config.ppo, config.feedback)
     evaluation = evaluate_flow(ctx, ppo.policy, reward.reward_model, config.eval)
     return ctx, stages.model_copy(update={"sft": sft, "reward": reward, "ppo": ppo, "evaluate": evaluation})
 

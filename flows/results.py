@@ -69,6 +69,10 @@ class RewardResult(StageResult):
 class PPOResult(StageResult):
     policy: str
     ppo_metrics: str
+    algorithm: str = "ppo"
+    """ppo, rloo or grpo (PPOConfig.algorithm)."""
+    reward_source: str = "reward_model"
+    """reward_model, judge or tournament (PPOConfig.reward_source)."""
 
 
 class EvalResult(StageResult):

@@ -1,6 +1,9 @@
-"""Training stages: optional SFT on the revisions, the reward model, then PPO against it."""
+"""Training stages: optional SFT on the revisions, the reward model, then PPO (or RLOO, GRPO)
+against it, or against the judge itself."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pandas as pd
 from prefect import flow, task
@@ -11,7 +14,8 @@ from flows.config import RunContext
 from flows.plots import plot_metrics
 from flows.results import PPOResult, RewardResult, SFTResult
 from judges.judge import make_judge
-from judges.feedback import judge_reward
+from judges.config import FeedbackConfig
+from judges.feedback import judge_reward, tournament_reward
 from rlaif.models import load_tokenizer
 from rlaif.prompts import assert_no_eval, eval_prompt_ids, fit_to_context, load_prompts
 from rlaif.store import Store
@@ -62,15 +66,36 @@ def reward_task(ctx: RunContext, cfg: RewardConfig, preferences_paths: list[str]
     return RewardResult(reward_model=str(out), rm_metrics=str(path), metrics=summary, plots={"plot": plot})
 
 
+def tournament_pairs_writer(ctx: RunContext, cfg: PPOConfig, feedback: FeedbackConfig):
+    """Stores each rollout's judged tournament pairs as `preferences`, one part per batch, keyed
+    by its pairs: a resumed run that judges the same batch again replaces its part."""
+    store = Store(ctx.data)
+
+    def write(pairs: pd.DataFrame) -> None:
+        key = hashlib.sha256("\n".join(pairs["pair_id"]).encode()).hexdigest()[:16]
+        store.write("preferences", pairs, key=f"{ctx.run_id}/ppo-tournament/{key}",
+                    lineage=ctx.lineage(judge_model=ctx.judge.model),
+                    metadata={"source": f"{cfg.algorithm} rollouts judged as a tournament (reward_source tournament)",
+                              "config": feedback.model_dump(), "ppo_config": cfg.model_dump()})
+
+    return write
+
+
 @task(**MODEL_TASK)
-def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> PPOResult:
+def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str, feedback: FeedbackConfig = FeedbackConfig()) -> PPOResult:
     prompts = fit_to_context(load_prompts(ctx.prompts, split="train"), load_tokenizer(ctx.policy_model))
     assert_no_eval(prompts, "ppo")
     out = ctx.layout.policy
     extra, scorer, judge, judge_model = {"reward_source": cfg.reward_source}, None, None, ""
-    if cfg.reward_source == "judge":  # d-RLAIF: the judge's direct rating is the reward, passed in
+    if cfg.reward_source != "reward_model":  # the judge's rewards, passed in
         judge = make_judge(ctx.judge, ctx.runtime)
-        scorer = judge_reward(judge, load_constitution(ctx.constitution_path), cfg.seed)
+        constitution = load_constitution(ctx.constitution_path)
+        if cfg.reward_source == "judge":  # d-RLAIF: its direct rating
+            scorer = judge_reward(judge, constitution, cfg.seed)
+        else:  # head to head within each group, the pairs stored as preferences
+            scorer = tournament_reward(judge, constitution, feedback, cfg.group_size,
+                                       dict(zip(prompts["prompt"], prompts["prompt_id"])),
+                                       on_pairs=tournament_pairs_writer(ctx, cfg, feedback))
         judge_model = extra["judge_model"] = ctx.judge.model
     # across processes the ranks report to their own terminal: no per-step artifact, no judge;
     # and PPO shards with DDP only (its reference pass reaches inside the model FSDP would shard)
@@ -93,8 +118,8 @@ def ppo_task(ctx: RunContext, cfg: PPOConfig, reward_model: str) -> PPOResult:
     plot = plot_metrics(df, ["objective/scores", "objective/kl", "objective/kl_coef", "objective/rlhf_reward"],
                         ctx.layout.reports / "ppo.png", f"PPO, run {ctx.run_id}")
     last = df[(df["step"] == df["step"].max()) & (df["metric"].str.startswith(("objective/", "ppo/")))]
-    return PPOResult(policy=str(out), ppo_metrics=str(path), plots={"plot": plot},
-                     metrics=dict(zip(last["metric"], last["value"])))
+    return PPOResult(policy=str(out), ppo_metrics=str(path), plots={"plot": plot}, algorithm=cfg.algorithm,
+                     reward_source=cfg.reward_source, metrics=dict(zip(last["metric"], last["value"])))
 
 
 @flow(name="rlaif-sft", log_prints=True)
@@ -115,8 +140,10 @@ def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: 
 
 
 @flow(name="rlaif-ppo", log_prints=True)
-def ppo_flow(ctx: RunContext, reward_model: str, cfg: PPOConfig = PPOConfig()) -> PPOResult:
-    result = cached(ppo_task, ctx)(ctx, cfg, reward_model)
-    publish("ppo-summary", "PPO (last step)", result.metrics,
+def ppo_flow(ctx: RunContext, reward_model: str, cfg: PPOConfig = PPOConfig(),
+             feedback: FeedbackConfig = FeedbackConfig()) -> PPOResult:
+    """`feedback`: the judging settings of a tournament reward (cfg.reward_source tournament)."""
+    result = cached(ppo_task, ctx)(ctx, cfg, reward_model, feedback)
+    publish("ppo-summary", f"{cfg.algorithm.upper()} (last step)", result.metrics,
             {"policy": result.policy, "metrics": result.ppo_metrics, **result.plots})
     return result

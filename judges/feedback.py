@@ -7,15 +7,18 @@ so a label does not depend on batch order and a retried task reproduces it exact
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import re
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from constitution import Constitution
 from judges.judge import JudgeError
 from judges.config import FeedbackConfig
+from judges.rankings import bradley_terry, tournament_comparisons
 from rlaif.config import Sampling
 from judges.templates import (ANSWER_PREFIX, COT_PREFIX, LABELS, RATING_PREFIX, RATINGS,
                               TEMPLATE_VERSION, contrastive_messages, critique_messages, neutralise,
@@ -215,6 +218,56 @@ def judge_reward(judge, constitution: Constitution, seed: int = 0):
             raise JudgeError(f"the judge could not score {sum(e is not None for e in errors)} "
                              f"response(s): {reason}")
         return torch.as_tensor(scores, dtype=torch.float32)  # (B,) in [-1, 1]
+
+    return score
+
+
+def tournament_reward(judge, constitution: Constitution, cfg: FeedbackConfig, group_size: int,
+                      prompt_ids: dict[str, str] | None = None,
+                      on_pairs: Callable[[pd.DataFrame], None] | None = None):
+    """A scorer (as judge_reward) from head-to-head judging, with no reward model in between:
+    each prompt's `group_size` responses, side by side in the batch, are paired as
+    `cfg.pairing` schedules and labelled in both orders as the feedback stage labels them
+    (label_preferences), and each response's score is its Bradley-Terry strength within the
+    group, centred (judges.rankings). `on_pairs(pairs)` receives the judged pairs, as
+    `preferences` rows, to be stored. Response ids hash the prompt id, the position in the
+    group and the text, so a resumed run labels the same pairs under the same ids."""
+    import torch
+
+    K, prompt_ids = group_size, prompt_ids or {}
+
+    def score(queries: list[str], responses: list[str]):
+        G = len(queries) // K
+        if len(queries) % K or any(queries[g * K + k] != queries[g * K] for g in range(G) for k in range(K)):
+            raise JudgeError(f"tournament reward: expected each prompt's {K} responses side by side")
+        groups, ids = [], []  # each group's pairs and response ids (a prompt may fill two groups of a batch)
+        for g in range(G):
+            q = queries[g * K]
+            pid = prompt_ids.get(q) or hashlib.sha256(q.encode()).hexdigest()[:16]
+            group = pd.DataFrame({"prompt_id": pid, "prompt": q, "sample_idx": range(K),
+                                  "response": responses[g * K:(g + 1) * K]})
+            group["response_id"] = [hashlib.sha256(f"{pid}\n{k}\n{r}".encode()).hexdigest()[:16]
+                                    for k, r in zip(group["sample_idx"], group["response"])]
+            groups.append(make_pairs(group, cfg.pairing, cfg.seed))
+            ids.append(list(group["response_id"]))
+        labelled = label_preferences(judge, pd.concat(groups, ignore_index=True), constitution, cfg)
+        # identical responses and injection verdicts are decided; anything else is the judge failing
+        failed = labelled[~labelled["valid"] & (labelled["invalid_reason"] != "identical responses")
+                          & ~labelled["injection_suspected"].astype(bool)]
+        if len(failed):
+            raise JudgeError(f"the judge could not label {len(failed)} tournament pair(s): "
+                             f"{failed['invalid_reason'].iloc[0]}")
+        if on_pairs is not None:
+            on_pairs(labelled)
+        scores, start = np.zeros(len(queries)), 0
+        for g, group_pairs in enumerate(groups):
+            judged = labelled.iloc[start:start + len(group_pairs)]  # label_preferences keeps the order
+            start += len(group_pairs)
+            seen, comps = tournament_comparisons(judged[judged["valid"]])
+            strength = dict(zip(seen, bradley_terry(len(seen), comps))) if len(seen) >= 2 else {}
+            s = np.array([strength.get(rid, 0.0) for rid in ids[g]])  # unjudged (all ties skipped): 0
+            scores[g * K:(g + 1) * K] = s - s.mean()
+        return torch.as_tensor(scores, dtype=torch.float32)  # (B,) centred within each group
 
     return score
 

@@ -46,7 +46,7 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
 
 class Checkpoint:
     """PPO's resumable state beside the policy folder: the trainable weights of the policy and
-    the critic, the optimizer, the KL coefficient, the RNG state (CPU, and CUDA on a GPU; a
+    the critic (none for RLOO and GRPO), the optimizer, the KL coefficient, the RNG state (CPU, and CUDA on a GPU; a
     list, one per rank, when several processes train), the step and the metrics so far.
     Resuming from it continues bit-identically where the rollout engine is deterministic for a
     seed. Rank 0 writes it; every rank reads it."""
@@ -71,7 +71,8 @@ class Checkpoint:
         if state["step"] > steps:
             raise TrainingError(f"ppo: {self.path} is at step {state['step']}, beyond steps={steps}")
         load_trainable_state(policy, state["policy"])
-        load_trainable_state(critic, state["value_model"])
+        if critic is not None:  # RLOO and GRPO have none
+            load_trainable_state(critic, state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
         self.runtime.set_rng_state(state["rng"][self.rank] if isinstance(state["rng"], list) else state["rng"])
         if self.rank == 0:
@@ -83,7 +84,7 @@ class Checkpoint:
         """`rng`: every rank's RNG state, in rank order, under several processes; None: this
         process's."""
         state = {"step": step, "identity": self.identity, "policy": trainable_state(policy),
-                 "value_model": trainable_state(critic), "optimizer": optimizer.state_dict(),
+                 "value_model": trainable_state(critic) if critic is not None else {}, "optimizer": optimizer.state_dict(),
                  "kl_coef": kl_coef, "rng": rng if rng is not None else self.runtime.rng_state(), "metrics": metrics}
         write_file_atomic(self.path, lambda tmp: torch.save(state, tmp))  # a crash keeps the previous one
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlaif.config import Sampling, StageConfig, Trainable
 
@@ -91,19 +91,40 @@ class RewardConfig(StageConfig):
 
 
 class PPOConfig(StageConfig):
-    """Stage 4: PPO on the policy against the reward model, with KL control."""
+    """Stage 4: policy optimisation against the reward (PPO by default; RLOO or GRPO), with KL
+    control against the frozen reference."""
 
+    algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
+    """ppo: a value model and GAE (per-token advantages). rloo: each response's reward minus
+    the mean of its group's other rewards (Ahmadian et al. 2024). grpo: the group's rewards
+    normalised to mean 0, std 1 (Shao et al. 2024). rloo and grpo need no value model: one
+    advantage per response, spread over its tokens; all three take the same clipped-ratio step."""
     steps: int = 4
-    """PPO iterations (rollout + update)."""
+    """Iterations (rollout + update)."""
     batch_size: int = 8
-    """Queries per rollout."""
+    """Prompts per rollout."""
+    group_size: int = Field(default=1, ge=1)
+    """Samples per prompt (K), each prompt's a group: batch_size * group_size responses per
+    rollout. rloo and grpo, and reward_source tournament, need at least 2."""
     mini_batch_size: int = 4
-    """Queries per gradient step."""
+    """Responses per gradient step."""
     ppo_epochs: int = 2
     """Passes over each rollout batch."""
     sampling: Sampling = Sampling(max_new_tokens=32, temperature=0.7)
     """Rollout sampling; logprobs use the same temperature-scaled logits. top_p must stay 1:
     PPO's logprobs are those of the full temperature-scaled softmax."""
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.group_size < 2 and (self.algorithm != "ppo" or self.reward_source == "tournament"):
+            why = f"algorithm {self.algorithm}" if self.algorithm != "ppo" else "reward_source tournament"
+            raise ValueError(f"{why} compares each prompt's samples: group_size must be at least 2 "
+                             f"(got {self.group_size})")
+        return self
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return (self.kl_penalty or ("loss" if self.algorithm == "grpo" else "reward")) == "loss"
 
     @field_validator("sampling")
     @classmethod
@@ -122,8 +143,13 @@ class PPOConfig(StageConfig):
     pass gives logprobs and values (as in lm-human-preferences and TRL's value-head models).
     False: a separate value model initialised from the reward model (TRL's PPOTrainer),
     which costs a second forward and backward per minibatch and a second model in memory."""
+    kl_penalty: Literal["reward", "loss"] | None = None
+    """Where the KL to the reference acts. reward: -kl_coef * KL is added to the reward (per
+    token for ppo, summed over the response for rloo); loss: kl_coef * k3 per token is added
+    to the loss, the reward is the score alone (GRPO's way). None: loss for grpo, reward for
+    ppo and rloo. The coefficient is kl_coef either way, fixed or adaptive."""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """Per-token KL estimator in the penalty: k1 = log p - log q; k3 = (q/p - 1) - log(q/p).
+    """Per-token KL estimator in the reward penalty: k1 = log p - log q; k3 = (q/p - 1) - log(q/p).
     Both read the sampled token only. What is logged (`objective/kl`) and what the adaptive
     controller follows is the exact KL over the vocabulary (`objective/kl_estimate`: this one)."""
     init_kl_coef: float = 0.05
@@ -139,7 +165,8 @@ class PPOConfig(StageConfig):
     lam: float = 0.95
     """GAE lambda."""
     whiten_advantages: bool = True
-    """Normalise advantages to mean 0, std 1 over the batch's response tokens."""
+    """Normalise advantages to mean 0, std 1 over the batch's response tokens (ppo and rloo;
+    grpo's are normalised within each group already)."""
     whiten_rewards: bool = False
     """Scale rewards to unit variance before GAE (mean kept)."""
     cliprange: float = 0.2
@@ -156,9 +183,12 @@ class PPOConfig(StageConfig):
     rollouts count as on-policy; `rollout/logprob_diff` says how far they are from it)."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that never emits EOS (0 disables)."""
-    reward_source: Literal["reward_model", "judge"] = "reward_model"
-    """Score responses with the trained reward model, or with the judge's direct 1-10 rating
-    under a sampled principle, mapped to [-1, 1] (d-RLAIF). A separate value model
+    reward_source: Literal["reward_model", "judge", "tournament"] = "reward_model"
+    """Score responses with the trained reward model; with the judge's direct 1-10 rating
+    under a sampled principle, mapped to [-1, 1] (d-RLAIF); or by a tournament: each group's
+    responses judged head to head in both orders (the feedback stage's --feedback.pairing
+    schedule and settings), their Bradley-Terry strengths centred within the group as the
+    scores, the judged pairs stored as preferences. A separate value model
     (shared_value_head=False) starts from the reward model either way."""
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N steps (0: never). A rerun into the same output

@@ -1,18 +1,28 @@
-"""PPO with per-token KL control against a frozen reference, read top to bottom.
+"""PPO, RLOO and GRPO with KL control against a frozen reference, read top to bottom.
 
 Vocabulary follows lm-human-preferences: a `query` (prompt) gets a `response`; the reward
 model gives a `score`; the per-token KL to the reference (`ref_logprobs`) times `kl_coef` is
 the `non_score_reward`. Each implementation detail is a named toggle in PPOConfig.
 
+The three algorithms differ only in where the advantage comes from (`cfg.algorithm`, as
+verl's advantage estimators): PPO learns a value model and spreads the reward over the tokens
+with GAE; RLOO and GRPO sample each prompt `group_size` times and take the group's other
+rewards as the baseline, one advantage per response, with no value model. Everything else is
+shared: rollouts, KL control, the clipped step, checkpoints, snapshots, metrics, NaN guards.
+
 One iteration:
   1. rollout: the rollout engine (transformers, or vLLM serving the policy's current weights)
-     samples responses; then (no grad) policy logprobs, reference logprobs, values, scores
-     (reward-model scores, or the judge's direct 1-10 rating with reward_source="judge");
+     samples `group_size` responses per query; then (no grad) policy logprobs, reference
+     logprobs, values (PPO), scores (reward-model scores; the judge's direct 1-10 rating with
+     reward_source="judge"; the group's tournament strengths with "tournament");
      `rollout/logprob_diff` says how far the engine's logprobs are from the trainer's;
-  2. rewards: -kl_coef * KL at every token (the k1/k3 estimate of the sampled token), plus the
-     score at the last response token; `objective/kl` logs the exact KL over the vocabulary;
-  3. GAE advantages and returns; whiten advantages;
-  4. several epochs of clipped policy and value updates over minibatches;
+  2. rewards: -kl_coef * KL (the k1/k3 estimate of the sampled token) plus the score: per
+     token for PPO (the score at the last response token), per response for RLOO and GRPO;
+     with kl_penalty="loss" the KL goes to the loss instead (k3). `objective/kl` logs the
+     exact KL over the vocabulary;
+  3. advantages: PPO: GAE, then whitened; RLOO: leave-one-out baseline (whitened too); GRPO:
+     normalised within each group;
+  4. several epochs of clipped policy (and, for PPO, value) updates over minibatches;
   5. update the KL controller with the observed KL;
   6. every `checkpoint_every` steps, write a resumable checkpoint (weights, optimizer, KL
      coefficient, RNG state, data position, metrics so far). A rerun with the same out_dir
@@ -89,6 +99,22 @@ def exact_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - ref_logp)).sum(-1).clamp(min=0.0)  # clamp: float rounding only
 
 
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO: each response's reward minus the mean reward of the other K-1 responses to its
+    prompt, an unbiased baseline that needs no value model. (G, K) -> (G, K)"""
+    K = rewards.shape[1]
+    baseline = (rewards.sum(1, keepdim=True) - rewards) / (K - 1)
+    return rewards - baseline
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: each response's reward normalised within its group, (r - mean) / (std + eps),
+    std unbiased as in TRL. A group of equal rewards carries no signal: its advantages are 0,
+    not NaN (eps). (G, K) -> (G, K)"""
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
 def compute_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
                     kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: KL penalty everywhere, score added at the last response token.
@@ -126,23 +152,28 @@ def truncated_is_weights(logprobs: torch.Tensor, engine_logprobs: torch.Tensor, 
 def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, mask,
                cliprange: float, cliprange_value: float,
                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Clipped surrogate policy loss and clipped value loss, both masked means. `is_weights`
-    (B, R), when given, reweights each token's policy-gradient term (truncated IS)."""
+    """Clipped surrogate policy loss and clipped value loss, both masked means over the
+    minibatch's tokens (every token weighs the same, however long its response: DAPO's
+    token-level mean). `is_weights` (B, R), when given, reweights each token's policy-gradient
+    term (truncated IS). values None (RLOO, GRPO): no value loss (0)."""
     ratio = torch.exp(logprobs - old_logprobs)
     pg_losses = torch.max(-advantages * ratio,
                           -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange))
     if is_weights is not None:
         pg_losses = pg_losses * is_weights
     pg_loss = masked_mean(pg_losses, mask)
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    vf_losses = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
-    vf_loss = 0.5 * masked_mean(vf_losses, mask)
     with torch.no_grad():
         stats = {
             "ppo/clipfrac": masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
             "ppo/approxkl": 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask).item(),
-            "ppo/vf_clipfrac": masked_mean(((values - old_values).abs() > cliprange_value).float(), mask).item(),
         }
+    if values is None:
+        return pg_loss, torch.zeros_like(pg_loss), stats
+    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    vf_losses = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
+    vf_loss = 0.5 * masked_mean(vf_losses, mask)
+    with torch.no_grad():
+        stats["ppo/vf_clipfrac"] = masked_mean(((values - old_values).abs() > cliprange_value).float(), mask).item()
     return pg_loss, vf_loss, stats
 
 
@@ -213,14 +244,17 @@ Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (queries, responses) 
 
 class PolicyAndValue(torch.nn.Module):
     """What PPO trains, as one module that DDP can wrap: response logits (B, R, V) and values
-    (B, R), in one trunk pass with the shared value head."""
+    (B, R), in one trunk pass with the shared value head. Without a critic (RLOO, GRPO), the
+    logits and None."""
 
     def __init__(self, policy, critic, shared_value_head: bool, temperature: float):
         super().__init__()
         self.policy, self.critic = policy, critic
         self.shared_value_head, self.temperature = shared_value_head, temperature
 
-    def forward(self, query_response, attn, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query_response, attn, R: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.critic is None:
+            return response_logits(self.policy, query_response, attn, R, self.temperature), None
         if self.shared_value_head:
             return policy_and_values(self.policy, self.critic, query_response, attn, R, self.temperature)
         return (response_logits(self.policy, query_response, attn, R, self.temperature),
@@ -229,8 +263,9 @@ class PolicyAndValue(torch.nn.Module):
 
 class Models:
     """PPO's models: the policy, its frozen reference (None: the policy with its LoRA adapter
-    switched off), and the critic: a value head on the policy's trunk, or a separate value
-    model initialised from the reward model. `module` computes both for training."""
+    switched off), and the critic: a value head on the policy's trunk, a separate value model
+    initialised from the reward model, or None (RLOO and GRPO need none). `module` computes
+    both for training."""
 
     def __init__(self, cfg: PPOConfig, policy_model: str, reward_model: str, runtime: Runtime):
         self.cfg = cfg
@@ -238,7 +273,9 @@ class Models:
         lora = cfg.trainable.method == "lora"
         self.reference = None if lora else load_causal_lm(policy_model, runtime).requires_grad_(False)
         self.value_model = None
-        if cfg.shared_value_head:
+        if cfg.algorithm != "ppo":
+            self.critic = None
+        elif cfg.shared_value_head:
             self.critic = torch.nn.Linear(self.policy.config.hidden_size, 1)  # the value head
             torch.nn.init.zeros_(self.critic.weight), torch.nn.init.zeros_(self.critic.bias)  # no value yet
             self.critic = runtime.place(self.critic)
@@ -248,7 +285,7 @@ class Models:
         self.module = PolicyAndValue(self.policy, self.critic, self.value_model is None, cfg.sampling.temperature)
 
     def train(self, mode: bool = True) -> None:
-        self.policy.train(mode), self.critic.train(mode)
+        self.module.train(mode)
 
     def ref_logits(self, query_response, attn, R: int) -> torch.Tensor:
         T = self.cfg.sampling.temperature
@@ -265,11 +302,12 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
               on_step: Callable[[int, dict], None] | None = None,
               engine: EngineConfig = Transformers(), runtime: Runtime = CPU,
               parallel: Parallel = Parallel()) -> list[dict] | None:
-    """Run PPO and save the policy. Returns metric rows (namespaced) for ppo_metrics on rank 0,
-    None on the other ranks.
+    """Run PPO (or RLOO, GRPO: cfg.algorithm) and save the policy. Returns metric rows
+    (namespaced) for ppo_metrics on rank 0, None on the other ranks.
 
-    `scorer` replaces the reward model's scores (the judge's, passed in by the flow, or a
-    programmatic reward in tests); a separate value model still starts from `reward_model`.
+    `scorer` replaces the reward model's scores (the judge's or a tournament's, passed in by
+    the flow, or a programmatic reward in tests); it receives each prompt's `group_size`
+    responses next to each other. A separate value model still starts from `reward_model`.
     `on_step(steps_done, metrics)` is called after every step. `engine` samples the rollouts
     (the transformers engine runs the policy being trained itself; a vllm engine is handed its
     weights before every rollout); `runtime` places every model and tensor.
@@ -281,8 +319,9 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
     """
     if prompts.empty:
         raise TrainingError("ppo: no training prompts")
-    if cfg.reward_source == "judge" and scorer is None:
-        raise TrainingError("ppo: reward_source='judge' needs a judge scorer (judges.feedback.judge_reward)")
+    if cfg.reward_source != "reward_model" and scorer is None:
+        raise TrainingError(f"ppo: reward_source={cfg.reward_source!r} needs a judge scorer "
+                            "(judges.feedback.judge_reward or tournament_reward)")
     if engine.kind == "openai":
         raise TrainingError("ppo: rollouts need an in-process engine (transformers or vllm): an HTTP "
                             "endpoint cannot serve the policy's weights as they change")
@@ -295,6 +334,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             raise TrainingError(f"ppo: batch_size={cfg.batch_size} and mini_batch_size={cfg.mini_batch_size} "
                                 f"must both divide among {world} processes")
     batch_size, mini_batch_size = cfg.batch_size // world, cfg.mini_batch_size // world  # this rank's share
+    K = cfg.group_size
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_model)
     eos = tok.eos_token_id
@@ -327,10 +367,11 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             t0 = time.perf_counter()
             idx = [order[(step * cfg.batch_size + i) % len(order)] for i in range(cfg.batch_size)]
             idx = idx[rank * batch_size:(rank + 1) * batch_size]  # this rank's share of the global batch
+            idx = [i for i in idx for _ in range(K)]  # each prompt K times, side by side: a group
             batch_prompts = [prompts["prompt"].iloc[i] for i in idx]
 
             # 1. rollout: the engine samples from the current policy; then (no grad) logprobs,
-            #    reference logprobs, values and scores
+            #    reference logprobs, values (PPO) and scores
             m.train(False)
             rollout_engine.sync(m.policy, step + 1)  # vLLM: this step's adapter or weights
             gens = rollout_engine.generate([queries[i] for i in idx], cfg.sampling,
@@ -366,38 +407,50 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             if not torch.isfinite(scores).all():
                 raise TrainingError(f"ppo: non-finite {cfg.reward_source} score at step {step}; stopping ({ckpt.kept()})")
 
-            # 2. rewards: the KL penalty at every token, the score at the last one
+            # 2.-3. rewards (the score, and the KL penalty unless it acts in the loss) and advantages
             kl = kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
-            rewards, non_score_reward = compute_rewards(scores, kl, mask, kl_ctl.value)
-            if cfg.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False, all_sum=parallel.all_sum)
-
-            # 3. advantages
-            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
+            reward_kl_coef = 0.0 if cfg.kl_in_loss else kl_ctl.value
+            if cfg.algorithm == "ppo":  # per token: the penalty at every token, the score at the last; GAE
+                rewards, non_score_reward = compute_rewards(scores, kl, mask, reward_kl_coef)
+                if cfg.whiten_rewards:
+                    rewards = masked_whiten(rewards, mask, shift_mean=False, all_sum=parallel.all_sum)
+                advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            else:  # RLOO, GRPO: per response, the group's other rewards as the baseline
+                non_score_reward = -reward_kl_coef * kl  # (B, R)
+                rewards = (scores + non_score_reward.sum(1)).view(-1, K)  # (G, K)
+                group_advantages = (rloo_advantages if cfg.algorithm == "rloo" else grpo_advantages)(rewards)
+                advantages, returns = group_advantages.reshape(-1, 1) * mask, None  # (B, R): each token its response's
+            if cfg.whiten_advantages and cfg.algorithm != "grpo":
                 advantages = masked_whiten(advantages, mask, all_sum=parallel.all_sum)
 
-            # 4. PPO epochs over minibatches, each without its own padding columns
+            # 4. epochs of clipped updates over minibatches, each without its own padding columns
             m.train()
             gen = runtime.generator(cfg.seed * 7919 + step)
             stats: dict[str, list[float]] = {}
             for _ in range(cfg.ppo_epochs):
-                for mb in torch.randperm(batch_size, generator=gen).split(mini_batch_size):
+                for mb in torch.randperm(len(idx), generator=gen).split(mini_batch_size):
                     cols, r = unpadded(attn[mb], Q)
                     new_logits, new_values = m.module(query_response[mb][:, cols], attn[mb][:, cols], r)
                     new_logprobs = logprobs_from_logits(new_logits, response_ids[mb, :r])  # (b, r)
                     pg_loss, vf_loss, mb_stats = ppo_losses(
-                        new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values, values[mb, :r],
-                        returns[mb, :r], mask[mb, :r], cfg.cliprange, cfg.cliprange_value,
+                        new_logprobs, logprobs[mb, :r], advantages[mb, :r], new_values,
+                        *((None, None) if values is None else (values[mb, :r], returns[mb, :r])),
+                        mask[mb, :r], cfg.cliprange, cfg.cliprange_value,
                         None if is_weights is None else is_weights[mb, :r])
                     loss = pg_loss + cfg.vf_coef * vf_loss
+                    if values is not None:
+                        mb_stats["ppo/value_loss"] = vf_loss.item()
+                    if cfg.kl_in_loss:  # GRPO's way: k3 per token in the loss, not in the reward
+                        kl_loss = masked_mean(kl_estimate(new_logprobs, ref_logprobs[mb, :r], "k3"), mask[mb, :r])
+                        loss = loss + kl_ctl.value * kl_loss
+                        mb_stats["ppo/kl_loss"] = kl_loss.item()
                     if not torch.isfinite(loss):
                         raise TrainingError(f"ppo: non-finite loss at step {step}; stopping ({ckpt.kept()})")
                     optimizer.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # on the all-reduced gradient
                     optimizer.step()
-                    for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item()}.items():
+                    for k, v in {**mb_stats, "ppo/policy_loss": pg_loss.item()}.items():
                         stats.setdefault(k, []).append(v)
 
             # 5. KL control, logging, checkpoint and snapshot. The penalty used the estimator; the
@@ -413,6 +466,9 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
                 "ppo/mean_response_length": mask.sum(1).mean().item(),
                 "ppo/eos_fraction": has_eos.float().mean().item(),
                 "rollout/logprob_diff": logprob_diff,
+                # groups whose rewards are all equal teach RLOO and GRPO nothing
+                **({"objective/zero_std_groups": (rewards.std(1) < 1e-6).float().mean().item()}
+                   if cfg.algorithm != "ppo" else {}),
                 **{k: sum(v) / len(v) for k, v in stats.items()},
                 "time/step_seconds": time.perf_counter() - t0,
             }
@@ -422,7 +478,7 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             mean_kl = step_metrics["objective/kl"]
             if bad := [k for k, v in step_metrics.items() if not math.isfinite(v)]:
                 raise TrainingError(f"ppo: non-finite metrics {bad} at step {step}; stopping ({ckpt.kept()})")
-            kl_ctl.update(mean_kl, cfg.batch_size)
+            kl_ctl.update(mean_kl, cfg.batch_size * K)
             metrics += [{"step": step, "metric": k, "value": float(v), "text": None} for k, v in step_metrics.items()]
             metrics += [{"step": step, "metric": "sample/response", "value": float(scores[i]),
                          "text": f"{batch_prompts[i]}\n---\n{texts[i]}"}

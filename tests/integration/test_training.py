@@ -212,11 +212,13 @@ def saved_weights(d):
     return load_file(d / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_model_dir, tmp_path, method):
+@pytest.mark.parametrize("method,algorithm", [("lora", "ppo"), ("full", "ppo"), ("lora", "rloo"), ("lora", "grpo")])
+def test_ppo_resume_gives_the_same_weights_as_one_run(tiny_model_dir, reward_model_dir, tmp_path, method, algorithm):
+    """N + N steps equal 2N steps, for each algorithm."""
     prompts, rm = load_prompts(split="train", limit=6), str(reward_model_dir[0])
     cfg = PPOConfig(steps=4, batch_size=2, mini_batch_size=1, ppo_epochs=2, sampling={"max_new_tokens": 5}, lr=1e-2,
-                    trainable={"method": method}, target_kl=0.01, kl_horizon=10)  # the KL coefficient moves every step
+                    trainable={"method": method}, target_kl=0.01, kl_horizon=10,  # the KL coefficient moves every step
+                    algorithm=algorithm, group_size=1 if algorithm == "ppo" else 2)
     one_go = train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "one_go", cfg, {})
     train_ppo(prompts, str(tiny_model_dir), rm, tmp_path / "resumed", cfg.model_copy(update={"steps": 2}), {})
     assert torch.load(checkpoint_path(tmp_path / "resumed"), weights_only=False)["step"] == 2
@@ -286,21 +288,37 @@ def test_ppo_rejects_empty_prompts(tiny_model_dir, reward_model_dir, tmp_path):
         train_ppo(load_prompts().iloc[:0], str(tiny_model_dir), str(reward_model_dir[0]), tmp_path, PPOConfig(), {})
 
 
-def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_tiny_model_dir, reward_model_dir,
-                                                                       tmp_path):
-    """The reward is the share of response tokens from a fixed half of the vocabulary (the half
-    whose embeddings point along one direction), so the policy can raise it by turning its
-    hidden state; the adaptive controller keeps the KL to the reference near its target."""
+def good_token_reward(model_dir):
+    """A programmatic reward: the share of response tokens from a fixed half of the vocabulary
+    (the half whose embeddings point along one direction). Returns (tokenizer, scorer)."""
     from rlaif.models import load_tokenizer
 
-    tok = load_tokenizer(peaked_tiny_model_dir)
-    emb = load_file(peaked_tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]  # (V, H)
+    tok = load_tokenizer(model_dir)
+    emb = load_file(model_dir / "model.safetensors")["model.embed_tokens.weight"]  # (V, H)
     good = emb @ torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(1)) > 0  # (V,)
 
     def share_of_good_tokens(queries, responses):
         ids = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
         return torch.tensor([good[i].float().mean().item() if i else 0.0 for i in ids])
 
+    return tok, share_of_good_tokens
+
+
+def fresh_mean_reward(model, model_dir, queries, sampling, scorer) -> float:
+    """The mean reward on 8 fresh samples per query (the per-step scores are too noisy)."""
+    from rlaif.config import Transformers
+    from rlaif.engines import make_engine
+
+    gens = make_engine(Transformers(batch_size=64), model_dir, module=model).generate(queries * 8, sampling, seed=11)
+    return scorer(None, [g.text for g in gens]).mean().item()
+
+
+def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_tiny_model_dir, reward_model_dir,
+                                                                       tmp_path):
+    """The reward is the share of response tokens from a fixed half of the vocabulary (the half
+    whose embeddings point along one direction), so the policy can raise it by turning its
+    hidden state; the adaptive controller keeps the KL to the reference near its target."""
+    tok, share_of_good_tokens = good_token_reward(peaked_tiny_model_dir)
     target = 0.5
     cfg = PPOConfig(steps=8, batch_size=32, mini_batch_size=16, ppo_epochs=4, sampling={"max_new_tokens": 2}, lr=1e-3,
                     init_kl_coef=0.05, target_kl=target, kl_horizon=32, missing_eos_penalty=0.0, snapshots=3)
@@ -329,10 +347,8 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     policy, ref = load_causal_lm(tmp_path / "p"), load_causal_lm(peaked_tiny_model_dir)
     queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
 
-    def mean_reward(model) -> float:  # on 8 fresh samples per prompt: the per-step scores are too noisy
-        gens = make_engine(Transformers(batch_size=64), peaked_tiny_model_dir, module=model).generate(
-            queries * 8, cfg.sampling, seed=11)
-        return share_of_good_tokens(None, [g.text for g in gens]).mean().item()
+    def mean_reward(model) -> float:
+        return fresh_mean_reward(model, peaked_tiny_model_dir, queries, cfg.sampling, share_of_good_tokens)
 
     # 5 seeds gave gains of 0.04-0.11 (0.06-0.09 with a separate value model)
     assert mean_reward(policy) >= mean_reward(ref) + 0.03
@@ -345,6 +361,35 @@ def test_ppo_raises_a_programmatic_reward_with_kl_held_near_the_target(peaked_ti
     # the exact KL is never negative; the k1 estimate of a single response can be, yet agrees on average
     assert (kl_eval >= 0).all() and stats["kl_k1"].mean() == pytest.approx(kl_eval.mean(), rel=0.5)
     assert np.abs(sequence_stats(ref, ref, tok, list(prompts["prompt"]), gens, cfg.sampling.temperature)["kl"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_group_baselines_raise_the_programmatic_reward_without_a_value_model(peaked_tiny_model_dir, reward_model_dir,
+                                                                            tmp_path, algorithm):
+    """The reward of the PPO test above, with K = 4 samples per prompt and the group's other
+    rewards as the baseline, judged on fresh samples after training."""
+    from rlaif.generation import chat_text
+    from rlaif.models import load_causal_lm
+
+    tok, share_of_good_tokens = good_token_reward(peaked_tiny_model_dir)
+    prompts = load_prompts(split="train", limit=32)
+    cfg = PPOConfig(algorithm=algorithm, group_size=4, steps=8, batch_size=8, mini_batch_size=16, ppo_epochs=4,
+                    sampling={"max_new_tokens": 2}, lr=1e-3, init_kl_coef=0.05, adaptive_kl=False,
+                    missing_eos_penalty=0.0, snapshots=0)
+    m = pd.DataFrame(train_ppo(prompts, str(peaked_tiny_model_dir), str(reward_model_dir[0]), tmp_path / "p", cfg, {},
+                               scorer=share_of_good_tokens))
+    per_step = m[m["metric"].str.startswith(("objective/", "ppo/"))].pivot(index="step", columns="metric", values="value")
+    print(per_step.round(3).to_string())
+    assert "ppo/value_loss" not in per_step and (per_step["objective/zero_std_groups"] < 1).all()
+    assert ("ppo/kl_loss" in per_step) == (algorithm == "grpo")  # GRPO's KL acts in the loss, RLOO's in the reward
+    assert not torch.load(checkpoint_path(tmp_path / "p"), weights_only=False)["value_model"]  # no critic
+    queries = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts["prompt"]]
+    gain = (fresh_mean_reward(load_causal_lm(tmp_path / "p"), peaked_tiny_model_dir, queries, cfg.sampling,
+                              share_of_good_tokens)
+            - fresh_mean_reward(load_causal_lm(peaked_tiny_model_dir), peaked_tiny_model_dir, queries, cfg.sampling,
+                                share_of_good_tokens))
+    print(f"{algorithm}: fresh-sample reward gain {gain:.3f}")
+    assert gain >= 0.03  # 5 seeds gave 0.040-0.071 (rloo) and 0.045-0.080 (grpo)
 
 
 def test_the_reward_model_scores_with_the_max_length_it_was_trained_with(tiny_model_dir, tmp_path):

@@ -198,7 +198,9 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
                                          **TINY, "feedback": {"sampling": {"max_new_tokens": 5}, "pair_source": "revision",
                                                                   "chain_of_thought": True, "cot_max_new_tokens": 3,
                                                                   "direct_scores": True},
-                                         "ppo": {**TINY["ppo"], "reward_source": "judge"}})
+                                         # GRPO on the judge's direct score (d-RLAIF), 2 samples per prompt
+                                         "ppo": {**TINY["ppo"], "reward_source": "judge", "algorithm": "grpo",
+                                                 "group_size": 2, "mini_batch_size": 6}})
     result = pipeline(cfg)
     store = Store(data)
     prefs = store.read("preferences", run_id="rev-run").set_index("prompt_id")
@@ -212,11 +214,40 @@ def test_revision_pairs_through_the_flow(pipeline_run, tiny_model_dir):
     # Chain of thought and direct scores went through the flow into the table.
     assert prefs["rationales"].map(len).eq(2).all() and prefs["p_chosen"].between(0.5, 0.6).all()
     assert prefs[["score_a", "score_b"]].notna().all().all()
-    # PPO took the judge's direct score as its reward (d-RLAIF)
+    # GRPO took the judge's direct score as its reward (d-RLAIF), with its KL in the loss
     ppo = store.read("ppo_metrics", run_id="rev-run")
     assert set(ppo["judge_model"]) == {str(tiny_model_dir)}
+    assert {"ppo/kl_loss", "objective/zero_std_groups"} <= set(ppo["metric"]) and "ppo/value_loss" not in set(ppo["metric"])
     lineage = json.loads((Path(result.checkpoints) / "policy" / "lineage.json").read_text())
     assert lineage["reward_source"] == "judge" and lineage["judge_model"] == str(tiny_model_dir)
+
+
+def test_a_tournament_reward_stores_its_judged_pairs_with_lineage(pipeline_run, tiny_model_dir):
+    """RLOO rewarded by head-to-head judging of each prompt's 2 samples, no reward model in
+    between: every batch's pairs land in `preferences` with the run's lineage."""
+    from flows.pipeline import training_pipeline
+
+    data, first = pipeline_run
+    cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
+                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "online", **TINY,
+                                         "sft": {"enabled": False},
+                                         "ppo": {**TINY["ppo"], "algorithm": "rloo", "group_size": 2,
+                                                 "mini_batch_size": 6, "reward_source": "tournament"}})
+    result = training_pipeline(cfg)
+    store = Store(data)
+    pairs = store.read("preferences", run_id="online")  # the weekly job labels nothing else
+    ppo = TINY["ppo"]
+    assert len(pairs) == ppo["steps"] * ppo["batch_size"]  # one pair per group of 2, both orders
+    assert set(pairs["judge_model"]) == {str(tiny_model_dir)} and set(pairs["constitution_sha"]) == {first.constitution_sha}
+    assert pairs["flow_run_id"].str.len().gt(0).all() and pairs["p_a_second"].notna().all()
+    assert pairs["response_a_id"].notna().all() and (pairs["response_a_id"] != pairs["response_b_id"]).all()
+    from rlaif.prompts import load_prompts
+
+    assert set(pairs["prompt_id"]) <= set(load_prompts(split="train")["prompt_id"])  # the prompts' own ids
+    lineage = json.loads((Path(result.checkpoints) / "policy" / "lineage.json").read_text())
+    assert lineage["reward_source"] == "tournament" and lineage["judge_model"] == str(tiny_model_dir)
+    metrics = store.read("ppo_metrics", run_id="online")
+    assert "ppo/value_loss" not in set(metrics["metric"])
 
 
 def test_training_flow_uses_every_collected_preference(pipeline_run, tiny_model_dir, tmp_path):

@@ -43,6 +43,18 @@ def test_ppo_and_the_evaluation_sample_from_the_full_softmax():
         EvalConfig.model_validate({"sampling": {"top_p": 0.9}})
 
 
+def test_group_baselines_need_groups_and_grpo_puts_its_kl_in_the_loss():
+    for bad in ({"algorithm": "rloo"}, {"algorithm": "grpo", "group_size": 1}, {"reward_source": "tournament"}):
+        with pytest.raises(ValidationError, match="group_size must be at least 2"):
+            PPOConfig.model_validate(bad)
+    assert PPOConfig.model_validate({"algorithm": "grpo", "group_size": 2}).kl_in_loss
+    assert not PPOConfig.model_validate({"algorithm": "rloo", "group_size": 2}).kl_in_loss and not PPOConfig().kl_in_loss
+    assert PPOConfig(kl_penalty="loss").kl_in_loss
+    assert not PPOConfig.model_validate({"algorithm": "grpo", "group_size": 4, "kl_penalty": "reward"}).kl_in_loss
+    # from the command line, as --ppo.algorithm
+    assert PipelineConfig.model_validate({"ppo": {"algorithm": "rloo", "group_size": 4}}).ppo.algorithm == "rloo"
+
+
 def test_training_across_processes_refuses_what_it_cannot_honour(tmp_path):
     """Checked before any model work (prepare_run): each refusal names the setting."""
     from flows.config import RunError
@@ -53,6 +65,8 @@ def test_training_across_processes_refuses_what_it_cannot_honour(tmp_path):
     check_launch(PipelineConfig.model_validate(two))  # the defaults go across processes
     with pytest.raises(RunError, match="--ppo.reward-source judge runs in one process"):
         check_launch(PipelineConfig.model_validate({**two, "ppo": {"reward_source": "judge"}}))
+    with pytest.raises(RunError, match="--ppo.reward-source tournament runs in one process"):
+        check_launch(PipelineConfig.model_validate({**two, "ppo": {"reward_source": "tournament", "group_size": 2}}))
     with pytest.raises(RunError, match="not policy-engine:vllm"):
         check_launch(PipelineConfig.model_validate({**two, "policy_engine": {"kind": "vllm"}}))
     with pytest.raises(RunError, match="--train.accelerate-config 'nope.yaml': no such file"):

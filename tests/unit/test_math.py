@@ -13,8 +13,8 @@ from evaluation.evaluate import length_corrected_win_rate, overoptimised, win_ra
 from rlaif.stats import wilson_interval
 from rlaif.generation import response_mask
 from training.ppo import (AdaptiveKLController, FixedKLController, compute_rewards, exact_kl, gae,
-                          kl_estimate, logprobs_from_logits, masked_mean, masked_whiten, ppo_losses,
-                          truncated_is_weights)
+                          grpo_advantages, kl_estimate, logprobs_from_logits, masked_mean, masked_whiten,
+                          ppo_losses, rloo_advantages, truncated_is_weights)
 from training.reward import expected_calibration_error, soft_bt_loss, split_by_prompt
 
 
@@ -103,6 +103,32 @@ def test_ppo_losses_clip():
     assert vf.item() == pytest.approx(0.32)
     assert stats["ppo/clipfrac"] == pytest.approx(0.5)
     assert stats["ppo/vf_clipfrac"] == pytest.approx(1.0)
+
+
+def test_without_values_there_is_no_value_loss():
+    mask, old, new, adv = t([[1, 1]]), t([[0.0, 0.0]]), t([[math.log(1.5), 0.0]]), t([[1.0, -2.0]])
+    pg, vf, stats = ppo_losses(new, old, adv, None, None, None, mask, cliprange=0.2, cliprange_value=0.2)
+    assert pg.item() == pytest.approx((-1.2 + 2.0) / 2) and vf.item() == 0.0
+    assert "ppo/vf_clipfrac" not in stats
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_rewards():
+    rewards = t([[1.0, 2.0, 3.0, 6.0],  # baselines (2+3+6)/3, (1+3+6)/3, (1+2+6)/3, (1+2+3)/3
+                 [0.5, 0.5, 0.5, 0.5]])
+    expected = t([[1 - 11 / 3, 2 - 10 / 3, 3 - 3.0, 6 - 2.0], [0.0] * 4])
+    torch.testing.assert_close(rloo_advantages(rewards), expected)
+    # two samples: each is judged against the other alone
+    torch.testing.assert_close(rloo_advantages(t([[1.0, -1.0]])), t([[2.0, -2.0]]))
+
+
+def test_grpo_advantages_are_normalised_within_each_group_and_zero_for_equal_rewards():
+    rewards = t([[1.0, 2.0, 3.0, 6.0], [0.7, 0.7, 0.7, 0.7], [0.0, 0.0, 0.0, 1.0]])
+    adv = grpo_advantages(rewards)
+    std = math.sqrt((4 + 1 + 0 + 9) / 3)  # mean 3, unbiased std
+    torch.testing.assert_close(adv[0], t([-2, -1, 0, 3]) / (std + 1e-4))
+    assert torch.equal(adv[1], torch.zeros(4))  # no signal: 0, not NaN
+    # one response better than three equal ones: std 0.5, mean 0.25
+    torch.testing.assert_close(adv[2], t([-0.25, -0.25, -0.25, 0.75]) / (0.5 + 1e-4))
 
 
 def test_truncated_importance_weights_reweight_each_tokens_policy_term():

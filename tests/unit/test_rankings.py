@@ -155,3 +155,56 @@ def stored(a: str, b: str, p_a: float) -> dict:
     ra, rb = f"answer {a}", f"answer {b}"
     return {"response_a": ra, "response_b": rb, "response_a_id": a, "response_b_id": b, "chosen": ra if p_a >= 0.5 else rb,
             "rejected": rb if p_a >= 0.5 else ra, "p_chosen": max(p_a, 1 - p_a)}
+
+
+class RankingJudge:
+    """A stand-in judge (no model) with a known order over the responses it may be shown: it
+    finds the two in the prompt, (A) being the one shown first, and prefers the better one with
+    P = 0.9. It implements what judges.feedback.label_preferences calls on a judge."""
+
+    backend = "stand-in"
+
+    def __init__(self, order: list[str]):
+        from types import SimpleNamespace
+
+        self.cfg, self.rank = SimpleNamespace(prompt_format="raw"), {r: k for k, r in enumerate(order)}
+
+    def ask(self, conversation):
+        from judges.templates import raw_prompt
+
+        return raw_prompt(conversation)
+
+    def choice_probs(self, texts, prefix, candidates, desc=""):
+        p_a = []
+        for t in texts:
+            a, b = sorted((r for r in self.rank if r in t), key=t.index)  # (A) is shown first
+            p_a.append(0.9 if self.rank[a] < self.rank[b] else 0.1)
+        return np.stack([p_a, 1 - np.array(p_a)], axis=1), [None] * len(texts)
+
+
+def test_a_tournament_reward_scores_each_group_by_its_judged_strengths():
+    """Each group's responses scored by Bradley-Terry over its judged pairs, centred within the
+    group, in the batch's order; the pairs go to on_pairs with both orders; a prompt that fills
+    two groups of one batch gets two tournaments."""
+    from constitution import load_constitution
+    from judges.config import FeedbackConfig
+    from judges.feedback import JudgeError, tournament_reward
+
+    order = ["Paris is the capital.", "It is Paris.", "Maybe Lyon.", "No idea."]  # best first
+    stored = []
+    score = tournament_reward(RankingJudge(order), load_constitution("harmless"), FeedbackConfig(), group_size=4,
+                              prompt_ids={"Capital of France?": "p1"}, on_pairs=stored.append)
+    batch = [order[2], order[0], order[3], order[1],  # group 1
+             order[1], order[3], order[0], order[2]]  # group 2: the same prompt again
+    scores = score(["Capital of France?"] * 8, batch).numpy()
+    for g in (scores[:4], scores[4:]):
+        assert abs(g.sum()) < 1e-6  # centred within the group
+    ranks = [order.index(r) for r in batch]
+    assert list(np.argsort(-scores[:4])) == list(np.argsort(ranks[:4]))  # best response, highest score
+    assert list(np.argsort(-scores[4:])) == list(np.argsort(ranks[4:]))
+    pairs = stored[0]
+    assert len(pairs) == 12 and set(pairs["prompt_id"]) == {"p1"} and pairs["valid"].all()
+    assert (pairs["p_a_first"] + pairs["p_a_second"]).round(6).eq(1.0).all()  # both orders asked, consistent
+    assert len(set(pairs["response_a_id"]) | set(pairs["response_b_id"])) == 8  # each group's own ids
+    with pytest.raises(JudgeError, match="4 responses side by side"):
+        score(["a", "a", "b", "a"], order)
