@@ -66,7 +66,13 @@ def prepare_run(config: PipelineConfig) -> RunContext:
 
 
 def check_launch(config: PipelineConfig) -> None:
-    """Settings that training across processes cannot honour fail before any model work."""
+    """Settings that training across processes, or one process's engines, cannot honour fail
+    before any model work."""
+    if (config.ppo.reward_source != "reward_model" and config.policy_engine.kind == "vllm"
+            and config.judge.engine.kind == "vllm"):
+        raise RunError(f"--ppo.reward-source {config.ppo.reward_source} needs the judge during PPO's vLLM rollouts, "
+                       "and vLLM runs one engine per process: put the judge on judge.engine:transformers (or "
+                       "openai), or the policy on policy-engine:transformers")
     train = config.train
     if train.accelerate_config and not Path(train.accelerate_config).is_file():
         raise RunError(f"--train.accelerate-config {train.accelerate_config!r}: no such file")

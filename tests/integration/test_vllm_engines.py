@@ -113,18 +113,22 @@ def letter_reward(queries, responses):
     return torch.tensor([10 * r.count("e") / max(len(r), 1) for r in responses])
 
 
-@pytest.mark.parametrize("method, engine", [("lora", VLLM()), ("lora", VLLM(lora_adapters=True)), ("full", VLLM())],
-                         ids=["lora-merged", "lora-adapters", "full"])
-def test_ppo_on_vllm_rollouts_follows_the_policy_and_resumes_exactly(tmp_path, method, engine):
+@pytest.mark.parametrize("method, engine, algorithm",
+                         [("lora", VLLM(), "ppo"), ("lora", VLLM(lora_adapters=True), "ppo"), ("full", VLLM(), "ppo"),
+                          ("lora", VLLM(lora_adapters=True), "rloo")],
+                         ids=["lora-merged", "lora-adapters", "full", "rloo-lora-adapters"])
+def test_ppo_on_vllm_rollouts_follows_the_policy_and_resumes_exactly(tmp_path, method, engine, algorithm):
     """Each rollout samples from the weights the trainer has at that step (a new LoRA adapter,
     or the weights, LoRA merged in, reloaded in place): the engine's logprobs stay the
     trainer's. A run stopped after 2 steps and resumed ends with the same weights and metrics
-    as one run of 3."""
+    as one run of 3. RLOO samples each prompt twice in one engine call: the two differ."""
     from safetensors.torch import load_file
 
     prompts = load_prompts(split="train", limit=4)
-    cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2, ppo_epochs=2, lr=3e-4 if method == "lora" else 2e-5,
-                    sampling={"max_new_tokens": 12}, trainable={"method": method}, snapshots=0)
+    group = 2 if algorithm == "rloo" else 1
+    cfg = PPOConfig(steps=3, batch_size=2, mini_batch_size=2 * group, ppo_epochs=2,
+                    lr=3e-4 if method == "lora" else 2e-5, sampling={"max_new_tokens": 12}, trainable={"method": method},
+                    snapshots=0, algorithm=algorithm, group_size=group, n_samples_logged=2 * group)
     run = lambda out, c: pd.DataFrame(train_ppo(prompts, EMBEDDED_MODEL, "unused", out, c, {},  # noqa: E731
                                                 scorer=letter_reward, engine=engine))
     one_go = run(tmp_path / "one", cfg)
@@ -148,6 +152,9 @@ def test_ppo_on_vllm_rollouts_follows_the_policy_and_resumes_exactly(tmp_path, m
 
     pd.testing.assert_frame_equal(exact(one_go), exact(resumed))
     assert len(exact(one_go)) > 30
+    if group > 1:  # a group's samples: the same prompt, different responses
+        texts = one_go.loc[one_go["metric"] == "sample/response", "text"].tolist()
+        assert texts[0].split("\n---\n")[0] == texts[1].split("\n---\n")[0] and texts[0] != texts[1]
 
 
 def test_every_stage_runs_on_vllm_engines(prefect_harness, tmp_path):

@@ -67,6 +67,10 @@ def test_training_across_processes_refuses_what_it_cannot_honour(tmp_path):
         check_launch(PipelineConfig.model_validate({**two, "ppo": {"reward_source": "judge"}}))
     with pytest.raises(RunError, match="--ppo.reward-source tournament runs in one process"):
         check_launch(PipelineConfig.model_validate({**two, "ppo": {"reward_source": "tournament", "group_size": 2}}))
+    both_vllm = {"policy_engine": {"kind": "vllm"}, "judge": {"engine": {"kind": "vllm"}}}
+    with pytest.raises(RunError, match="vLLM runs one engine per process: put the judge on judge.engine:transformers"):
+        check_launch(PipelineConfig.model_validate({**both_vllm, "ppo": {"reward_source": "tournament", "group_size": 2}}))
+    check_launch(PipelineConfig.model_validate(both_vllm))  # the demo's engines, reward model: fine
     with pytest.raises(RunError, match="not policy-engine:vllm"):
         check_launch(PipelineConfig.model_validate({**two, "policy_engine": {"kind": "vllm"}}))
     with pytest.raises(RunError, match="--train.accelerate-config 'nope.yaml': no such file"):
