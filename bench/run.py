@@ -30,6 +30,7 @@ BENCHMARKS = {
     "engines": ("bench/engines.py", "engines"),
     "reward": ("bench/reward.py", "reward"),
     "ppo": ("bench/ppo.py", "ppo"),
+    "group": ("bench/group.py", "group"),
     "store": ("bench/store.py", "store"),
     "e2e": ("bench/e2e.py", "e2e"),
     "load": ("bench/load.py", "load"),

@@ -78,7 +78,8 @@ def sample(model, tokenizer, texts: list[str], sampling: Sampling, seed: int = 0
         )
     response = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, R)
     lp = None
-    if logprobs:
-        logits = torch.stack(out.logits, 1).float() / (1.0 if greedy else sampling.temperature)  # (B, R, V)
-        lp = torch.log_softmax(logits, -1).gather(-1, response[..., None])[..., 0]  # (B, R)
+    if logprobs:  # a step at a time, (B, V): never the (B, R, V) stack and its copies
+        T = 1.0 if greedy else sampling.temperature
+        lp = torch.stack([torch.log_softmax(step.float() / T, -1).gather(-1, response[:, t, None])[:, 0]
+                          for t, step in enumerate(out.logits)], 1)  # (B, R)
     return enc["input_ids"], enc["attention_mask"], response, lp

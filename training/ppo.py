@@ -295,6 +295,34 @@ class Models:
             return response_logits(self.policy, query_response, attn, R, T)
 
 
+def rollout_stats(m: Models, query_response: torch.Tensor, attn: torch.Tensor, response_ids: torch.Tensor,
+                  mask: torch.Tensor, Q: int, chunk: int):
+    """(no grad) What the rollout needs from the policy and the reference: logprobs (B, R),
+    values (B, R; None without a critic), reference logprobs (B, R), the exact KL per response
+    (B,) and the mean entropy per token. `chunk` rows at a time, each chunk without its own
+    padding columns, so the full-vocabulary tensors (b, r, V), several alive at once for the
+    entropy and the KL, never exist for the whole batch."""
+    B, R = response_ids.shape
+    logprobs, ref_logprobs = torch.zeros_like(mask), torch.zeros_like(mask)
+    values = torch.zeros_like(mask) if m.critic is not None else None
+    true_kl, entropy_sum = torch.zeros_like(mask[:, 0]), torch.zeros_like(mask[0, 0])
+    for rows in torch.arange(B, device=mask.device).split(chunk):
+        cols, r = unpadded(attn[rows], Q)
+        qr, a, ids, msk = query_response[rows][:, cols], attn[rows][:, cols], response_ids[rows, :r], mask[rows, :r]
+        logits, v = m.module(qr, a, r)  # (b, r, V), (b, r)
+        logp = F.log_softmax(logits.float(), -1)  # (b, r, V), once for logprobs, entropy and KL
+        del logits
+        logprobs[rows, :r] = torch.gather(logp, 2, ids.unsqueeze(-1)).squeeze(-1)
+        entropy_sum += (-(logp.exp() * logp).sum(-1) * msk).sum()
+        ref_logp = F.log_softmax(m.ref_logits(qr, a, r).float(), -1)  # (b, r, V)
+        ref_logprobs[rows, :r] = torch.gather(ref_logp, 2, ids.unsqueeze(-1)).squeeze(-1)
+        true_kl[rows] = (exact_kl(logp, ref_logp) * msk).sum(1)  # the reported KL, per response
+        if values is not None:
+            values[rows, :r] = v
+        del logp, ref_logp
+    return logprobs, values, ref_logprobs, true_kl, entropy_sum / mask.sum().clamp(min=1)
+
+
 # ---------------------------------------------------------------- the trainer
 
 def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_dir: Path,
@@ -384,15 +412,8 @@ def train_ppo(prompts: pd.DataFrame, policy_model: str, reward_model: str, out_d
             query_response = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
             attn = torch.cat([query_mask, mask.long()], 1)  # (B, Q+R)
             with torch.inference_mode():
-                logits, values = m.module(query_response, attn, R)  # (B, R, V), (B, R)
-                logp = F.log_softmax(logits.float(), -1)  # (B, R, V), once for logprobs, entropy and KL
-                del logits
-                logprobs = torch.gather(logp, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
-                entropy = masked_mean(-(logp.exp() * logp).sum(-1), mask)
-                ref_logp = F.log_softmax(m.ref_logits(query_response, attn, R).float(), -1)  # (B, R, V)
-                ref_logprobs = torch.gather(ref_logp, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, R)
-                true_kl = (exact_kl(logp, ref_logp) * mask).sum(1)  # (B,) the reported KL, per response
-                del logp, ref_logp
+                logprobs, values, ref_logprobs, true_kl, entropy = rollout_stats(
+                    m, query_response, attn, response_ids, mask, Q, mini_batch_size)
                 texts = [g.text for g in gens]
                 try:
                     scores = scorer(batch_prompts, texts).float().to(runtime.device)  # (B,)
