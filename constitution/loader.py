@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import yaml
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlaif import paths
 
 SHIPPED_DIR = Path(__file__).parent
 MAX_FILE_BYTES = 256 * 1024
@@ -135,23 +136,15 @@ def resolve_path(name_or_path: str | Path) -> Path:
     return SHIPPED_DIR / f"{name_or_path}.yaml"
 
 
-def allowed_dirs() -> list[Path]:
-    """Where a deployment may read constitutions from: the shipped folder, plus the folders in
-    RLAIF_CONSTITUTION_DIRS (separated by os.pathsep) on the machine that runs the flow."""
-    extra = [Path(d) for d in os.environ.get("RLAIF_CONSTITUTION_DIRS", "").split(os.pathsep) if d]
-    return [SHIPPED_DIR.resolve(), *(d.expanduser().resolve() for d in extra)]
+CONSTITUTION_DIRS_ENV = "RLAIF_CONSTITUTION_DIRS"
 
 
 def check_allowed(name_or_path: str | Path) -> Path:
     """A constitution named by a flow parameter (a deployment run, which anyone who can reach
-    the Prefect API may start) must lie inside an allowed folder, symlinks resolved."""
-    path = resolve_path(name_or_path).resolve()
-    dirs = allowed_dirs()
-    if not any(path.is_relative_to(d) for d in dirs):
-        raise ConstitutionError(name_or_path, [
-            f"outside the folders a deployment may read constitutions from ({', '.join(map(str, dirs))}); "
-            "add its folder to RLAIF_CONSTITUTION_DIRS where the flow runs"])
-    return path
+    the Prefect API may start) must lie inside the shipped folder or one listed in
+    RLAIF_CONSTITUTION_DIRS, symlinks resolved (rlaif.paths.check_allowed)."""
+    return paths.check_allowed(resolve_path(name_or_path), parameter="constitution", env=CONSTITUTION_DIRS_ENV,
+                               shipped=[SHIPPED_DIR], error=lambda m: ConstitutionError(name_or_path, [m]))
 
 
 def check_markers(constitution: Constitution, path: str | Path, markers, whose: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from rlaif.config import Sampling, StageConfig
+
+PROBE_NAMES = ("refusal_harmful", "refusal_benign", "no_eos", "distinct_2", "repeats_4gram", "ref_perplexity")
 
 
 class EvalConfig(StageConfig):
@@ -57,3 +59,22 @@ class EvalConfig(StageConfig):
     overoptimisation_tolerance: float = 0.1
     """Flag over-optimisation when, from the best-judged policy on the curve to the final
     one, the reward-model score rises while the win rate falls by more than this."""
+
+
+class PromotionConfig(StageConfig):
+    """The service's promotion gate (evaluation.gate): the weekly training flow's candidate,
+    evaluated against the champion it started from, replaces it only if every check passes."""
+
+    min_win_rate: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The lower end of the candidate's 95% win-rate interval against the champion (held-out
+    prompts, both orders judged, a tie counted half) must be above this."""
+    probes: tuple[Literal[PROBE_NAMES], ...] = ("refusal_harmful", "refusal_benign", "no_eos", "distinct_2",
+                                               "repeats_4gram", "ref_perplexity")
+    """Behaviour probes that must not be worse than the champion's beyond their interval (the
+    95% interval of the difference lies wholly on the worse side). Length has no worse side."""
+    overoptimisation: bool = True
+    """Refuse a candidate whose reward-KL curve the evaluation flagged as over-optimised."""
+    train_on: Literal["since_champion", "all"] = "since_champion"
+    """Which preferences the weekly training uses: those collected on the current champion's
+    samples (iterated online RLHF: each round learns from its own policy's data), or every
+    run's for the constitution."""

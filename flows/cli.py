@@ -33,11 +33,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from judges.human_eval import PairsFileError
     from rlaif.models import ModelError
     from rlaif.prompts import PromptError
+    from rlaif.registry import RegistryError
     from rlaif.store import StoreError
     from training import TrainingError
 
     return (ConstitutionError, RunError, SchedulesError, JudgeError, PairsFileError, ModelError, PromptError,
-            StoreError, TrainingError, EngineError, DeviceError, ProbeError)
+            StoreError, TrainingError, EngineError, DeviceError, ProbeError, RegistryError)
 
 
 def _or_exit(command: str, fn):
@@ -52,13 +53,24 @@ def _or_exit(command: str, fn):
         raise
 
 
-def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")]):
-    """Run the whole pipeline once: generate, feedback, reward model, PPO, evaluate."""
-    from flows.pipeline import pipeline
+def run(config: Annotated[PipelineConfig, tyro.conf.arg(name="")],
+        flow: Literal["pipeline", "feedback", "training"] = "pipeline"):
+    """Run the whole pipeline once (generate, feedback, reward model, PPO, evaluate), or one of the
+    service's flows as its schedule would.
 
+    Args:
+        config: The pipeline's settings.
+        flow: pipeline: every stage, from --policy-model. feedback: the nightly collection
+            (generate and label, sampling the constitution's champion). training: the weekly
+            retraining from the champion on the preferences collected on its samples, evaluated
+            against it; the promotion gate decides whether the new policy becomes champion.
+    """
+    from flows.pipeline import feedback_pipeline, pipeline, training_pipeline
+
+    entry = {"pipeline": pipeline, "feedback": feedback_pipeline, "training": training_pipeline}[flow]
     t0 = time.monotonic()
-    result = _or_exit("run", lambda: pipeline(config))
-    print(f"\nRLAIF run {result.run_id} finished in {_elapsed(t0)}")
+    result = _or_exit("run", lambda: entry(config))
+    print(f"\nRLAIF run {result.run_id} ({flow}) finished in {_elapsed(t0)}")
     print_result(result)
     return result
 
@@ -115,6 +127,10 @@ def print_result(result) -> None:
     print(*aligned({"constitution_sha": result.constitution_sha,
                     "Parquet data": f"{result.data}  (pandas.read_parquet('<data>/preferences'))",
                     "checkpoints": result.checkpoints, "report": result.report}), sep="\n")
+    if result.stages.promotion is not None:
+        from flows.reports import gate_line
+
+        print("Promotion gate:", gate_line(result.stages.promotion).replace("`", ""))
     print("Headline numbers (95% intervals; the verdict opens the report)")
     print(*aligned({k: v.text() for k, v in result.headline.items()}), sep="\n")
     print("Prefect UI: the runs and their artifacts are recorded in Prefect's database. To see them:\n"
@@ -235,10 +251,120 @@ def judge_eval(pairs: str, judge: Annotated[JudgeConfig, tyro.conf.arg(name="")]
     return result
 
 
+def _data(data: str | None) -> str:
+    from rlaif.paths import default_data_root
+
+    return str(data or default_data_root())
+
+
+def policies(constitution: str | None = None, data: str | None = None) -> None:
+    """List the registered policies (the service's lineage): each with its parent, status,
+    win rate against its parent and KL, and the time and reason of its last change.
+
+    Args:
+        constitution: Only this constitution's (a shipped name or a YAML path); None: all.
+        data: Data root (env RLAIF_DATA, default ./data).
+    """
+    def show():
+        from constitution import load_constitution
+        from flows.policies import policies_table
+        from rlaif.registry import Registry
+
+        sha = load_constitution(constitution).sha if constitution else None
+        found = Registry(_data(data)).policies(sha)
+        if not found:
+            print(f"no policies registered under {_data(data)}" + (f" for {constitution}" if constitution else "")
+                  + "; every flow samples the base model (`rlaif run --flow training` registers one)")
+        for line in policies_table(found):
+            print(line)
+
+    _or_exit("policies", show)
+
+
+def promote(policy_id: tyro.conf.Positional[str], reason: str, data: str | None = None) -> None:
+    """Make a registered policy the champion of its constitution by hand (recorded with the
+    reason, like the gate's decisions); the champion it replaces is retired.
+
+    Args:
+        policy_id: The policy (its training run's id; `rlaif policies` lists them).
+        reason: Why: kept in the registry with the change.
+        data: Data root (env RLAIF_DATA, default ./data).
+    """
+    def change():
+        from flows.policies import cli_lineage
+        from rlaif.registry import Registry
+
+        p = Registry(_data(data)).promote(policy_id, reason, cli_lineage)
+        print(f"{p.policy_id} is the champion (replaced {p.replaced}); the next feedback run samples it")
+
+    _or_exit("promote", change)
+
+
+def rollback(reason: str, constitution: str = "harmless", policy_model: str | None = None,
+             data: str | None = None) -> None:
+    """Reject the constitution's champion and restore the one it replaced (or the base model):
+    the next feedback run samples that one.
+
+    Args:
+        reason: Why: kept in the registry with the change.
+        constitution: The constitution (a shipped name or a YAML path).
+        policy_model: The base model of the chain (default: the embedded policy model).
+        data: Data root (env RLAIF_DATA, default ./data).
+    """
+    def change():
+        from constitution import load_constitution
+        from flows.policies import base_key, cli_lineage
+        from rlaif.config import EMBEDDED_MODEL
+        from rlaif.registry import Registry
+
+        sha = load_constitution(constitution).sha
+        restored = Registry(_data(data)).rollback(sha, base_key(policy_model or EMBEDDED_MODEL), reason,
+                                                  cli_lineage(sha))
+        print(f"rolled back; the champion is now {restored.policy_id if restored else 'the base model'}")
+
+    _or_exit("rollback", change)
+
+
+def export(policy_id: tyro.conf.Positional[str], out: str, data: str | None = None) -> None:
+    """Write a registered policy as a servable Hugging Face folder: safetensors weights, tokenizer,
+    a plain generation config, the base and judge models' licence files and a model card
+    (constitution, lineage, evaluation with intervals, licences). Load it with transformers or
+    serve it with `vllm serve OUT`.
+
+    Args:
+        policy_id: The policy (`rlaif policies` lists them).
+        out: The folder to write (an earlier export there is replaced whole; any other
+            non-empty folder is refused).
+        data: Data root (env RLAIF_DATA, default ./data).
+    """
+    def write():
+        from flows.policies import export_policy
+
+        print(f"exported {policy_id} to {export_policy(_data(data), policy_id, out)}")
+
+    _or_exit("export", write)
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, a service manager, `docker stop`) ends a command as `exit 143`, not by
+    the signal's default action, so cleanup runs: while a flow runs, Prefect's own handler takes
+    the signal first (the runs become Crashed) and then hands it here; the exit then runs the
+    atexit hooks, which stop the temporary Prefect server `rlaif run` started (it would
+    otherwise be left running). Training ranks stop with the flow (training.distributed)."""
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _exit_on_sigterm()
     tyro.extras.subcommand_cli_from_dict(
         {"run": run, "evaluate": evaluate, "compare": compare, "serve": serve, "setup": setup,
-         "validate": validate, "judge-eval": judge_eval},
+         "validate": validate, "judge-eval": judge_eval, "policies": policies, "promote": promote,
+         "rollback": rollback, "export": export},
         description="rlaif: Constitutional-AI-style RLAIF pipeline (Prefect flows).",
     )
 

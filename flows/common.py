@@ -66,15 +66,32 @@ class _CodeVersion(CachePolicy):
         return CODE_VERSION
 
 
+@dataclass
+class _Inputs(CachePolicy):
+    """Prefect's INPUTS, blind to where the run reports to (RunContext.mlflow_tracking_uri):
+    turning MLflow on for a rerun must not recompute its finished steps."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
+        inputs = {k: v.model_copy(update={"mlflow_tracking_uri": None}) if hasattr(v, "mlflow_tracking_uri") else v
+                  for k, v in inputs.items()}
+        return INPUTS.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+
+
 # A step's cache key: its inputs (the RunContext carries run_id, constitution_sha and the model
 # ids; then the stage config and the Parquet paths read), the task's source and the code
 # version. Re-running a run id skips the steps that finished; a changed constitution, model,
 # config or code recomputes them.
-STEP_CACHE = INPUTS + TASK_SOURCE + _CodeVersion()
+STEP_CACHE = _Inputs() + TASK_SOURCE + _CodeVersion()
 
 
 def cached(task, ctx):
-    """`task` with its cache records kept under the run's data root (`.cache/`), so deleting the
-    data root deletes the cache with it: a hit never points at deleted files."""
-    return task.with_options(cache_policy=STEP_CACHE.configure(key_storage=ctx.layout.cache.resolve()),
+    """`task` with its cache records kept under the run's data root (`.cache/<key>`), so deleting
+    the data root deletes the cache with it: a hit never points at deleted files.
+
+    Each record holds the step's result itself (Prefect's result record: metadata and pickled
+    result in one file), not a pointer into Prefect's result storage (`~/.prefect/storage`): a
+    wiped PREFECT_HOME, another worker or a moved PREFECT_LOCAL_STORAGE_PATH keeps every hit.
+    A record Prefect cannot read back whole (truncated, or an older metadata-only record whose
+    result is gone) is not a hit: the step runs again and replaces it."""
+    return task.with_options(cache_policy=STEP_CACHE, result_storage=ctx.layout.cache.resolve(),
                              persist_result=True)

@@ -17,7 +17,7 @@ from typing import Annotated
 import tyro
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evaluation.config import EvalConfig
+from evaluation.config import EvalConfig, PromotionConfig
 from judges.config import FeedbackConfig, JudgeConfig
 from rlaif.config import EMBEDDED_MODEL, DType, EngineConfig, GenerateConfig, Transformers
 from rlaif.paths import RunLayout, default_data_root
@@ -55,8 +55,9 @@ class PipelineConfig(BaseModel):
     """Where models run: auto (a CUDA GPU when one is visible, else the CPU), cpu, cuda, cuda:N."""
     dtype: DType = "auto"
     """Model weights: auto (bfloat16 on a GPU, float32 on the CPU), float32 or bfloat16."""
-    run_id: str | None = None
-    """Name of this run in every row and folder; None: a new timestamped id."""
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Name of this run in every row and folder (letters, digits, '.', '_', '-'; it names
+    folders, so no path); None: a new timestamped id."""
     ray_address: str | None = None
     """Label the preference shards (--feedback.shards) in parallel on Ray: 'local' starts a
     temporary Ray instance on this machine, 'auto' or 'ray://host:10001' joins a running
@@ -69,6 +70,13 @@ class PipelineConfig(BaseModel):
     reward: RewardConfig = RewardConfig()
     ppo: PPOConfig = PPOConfig()
     eval: EvalConfig = EvalConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    """The training flow's gate: when its policy replaces the champion (docs/service.md)."""
+    mlflow_tracking_uri: str | None = None
+    """Also log every stage's parameters, metrics and artifacts to MLflow at this tracking URI
+    (a server, or a local store such as sqlite:///mlflow.db); None: the MLFLOW_TRACKING_URI
+    environment variable, and no MLflow when that is unset. TensorBoard event files are always
+    written under the run's reports folder."""
 
 
 class CompareConfig(PipelineConfig):
@@ -107,6 +115,11 @@ class RunContext(BaseModel):
     device: str = "auto"
     dtype: DType = "auto"
     train: DistributedConfig = DistributedConfig()
+    mlflow_tracking_uri: str | None = None
+    policy_id: str = "base"
+    """The registry's id of the policy the run samples and trains from (rlaif.registry)."""
+    base_model: str = ""
+    """The base model of its chain (flows.policies.base_key of --policy-model)."""
 
     @property
     def runtime(self):

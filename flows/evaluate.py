@@ -18,6 +18,7 @@ from flows.config import RunContext
 from flows.plots import plot_eval, plot_ladder, plot_reward_kl
 from flows.reports import curve_markdown, ladder_markdown, probes_markdown, summary_markdown
 from flows.results import EvalResult
+from flows.tracking import track_stage
 from judges.judge import make_judge
 from rlaif.models import load_tokenizer
 from rlaif.paths import snapshot_dirs
@@ -92,4 +93,5 @@ def publish_evaluation(ctx: RunContext, result: EvalResult) -> None:
 def evaluate_flow(ctx: RunContext, policy: str, reward_model: str, cfg: EvalConfig = EvalConfig()) -> EvalResult:
     result = evaluation_plots(ctx, cached(evaluate_task, ctx)(ctx, cfg, policy, reward_model))
     publish_evaluation(ctx, result)
+    track_stage(ctx, "evaluate", result, cfg, judge=ctx.judge, policy=policy, reward_model=reward_model)
     return result

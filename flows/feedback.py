@@ -13,6 +13,7 @@ from constitution import load_constitution
 from flows.common import MODEL_TASK, Progress, cached, publish, publish_samples
 from flows.config import RunContext
 from flows.results import FeedbackResult
+from flows.tracking import track_stage
 from judges.judge import make_judge
 from judges.config import FeedbackConfig, JudgeConfig
 from judges.feedback import critique_and_revise, label_preferences, make_pairs, make_revision_pairs
@@ -182,4 +183,5 @@ def feedback_flow(ctx: RunContext, responses_path: str, cfg: FeedbackConfig = Fe
                             metrics=summarise_feedback(ctx, cfg, critiques, preferences, workers, calibration))
     publish("feedback-summary", "Feedback: critiques and preferences", result.metrics,
             {"critiques": critiques, "preferences": preferences, "rankings": rankings or "none (no tournaments)"})
+    track_stage(ctx, "feedback", result, cfg, judge=ctx.judge)
     return result

@@ -8,6 +8,7 @@ from prefect import flow, task
 from flows.common import MODEL_TASK, Progress, cached, publish
 from flows.config import RunContext
 from flows.results import GenerateResult
+from flows.tracking import track_stage
 from rlaif.config import GenerateConfig
 from rlaif.engines import make_engine
 from rlaif.generation import chat_text
@@ -57,4 +58,5 @@ def generate_flow(ctx: RunContext, cfg: GenerateConfig = GenerateConfig()) -> Ge
     path = cached(generate_responses, ctx)(ctx, cfg)
     result = GenerateResult(responses=path, metrics=summarise_responses(ctx, path))
     publish("generate-summary", "Generate: policy responses", result.metrics, {"responses": path})
+    track_stage(ctx, "generate", result, cfg, engine=ctx.policy_engine)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from prefect import flow, task
@@ -14,8 +15,10 @@ from flows.config import PipelineConfig, RunContext, RunError, new_run_id
 from flows.evaluate import evaluate_flow
 from flows.feedback import feedback_flow
 from flows.generate import generate_flow
+from flows.policies import collected_parts, promotion_gate, sample_champion
 from flows.reports import headline, report_markdown
 from flows.results import RunResult, Stages
+from flows.tracking import track_report, track_stage
 from flows.train import ppo_flow, reward_flow, sft_flow
 from evaluation.probes import load_refusal_patterns
 from judges.human_eval import read_hh_pairs
@@ -32,8 +35,21 @@ def prepare_run(config: PipelineConfig) -> RunContext:
     """Fail fast on bad inputs before any model work: constitution, prompts, models, data root."""
     from prefect.runtime import deployment
 
-    if deployment.id:  # the constitution came as a parameter through the Prefect API
+    if deployment.id:  # the parameters came through the Prefect API: files from allowed folders only
+        from evaluation.probes import ProbeError
+        from judges.human_eval import PairsFileError
+        from rlaif.paths import INPUT_DIRS_ENV, check_allowed as check_input
+        from rlaif.prompts import PromptError, default_prompts_path
+        from training.config import SHIPPED_ACCELERATE_CONFIGS
+
         check_allowed(config.constitution)
+        for parameter, path, shipped, error in (
+                ("prompts", config.prompts, [default_prompts_path().parent], PromptError),
+                ("feedback.calibration", config.feedback.calibration, [], PairsFileError),
+                ("eval.refusal_patterns", config.eval.refusal_patterns, [], ProbeError),
+                ("train.accelerate_config", config.train.accelerate_config, [SHIPPED_ACCELERATE_CONFIGS], RunError)):
+            if path:
+                check_input(path, parameter=parameter, env=INPUT_DIRS_ENV, shipped=shipped, error=error)
     constitution = load_constitution(config.constitution)
     load_prompts(config.prompts, split="train")
     load_prompts(config.prompts, split="eval")
@@ -54,6 +70,7 @@ def prepare_run(config: PipelineConfig) -> RunContext:
         read_hh_pairs(config.feedback.calibration, limit=1)
     load_refusal_patterns(config.eval.refusal_patterns)
     Store(config.data).check_writable()
+    Store(config.data).sweep_stale()  # what killed writes left; never a part another run is writing
     resolve(config.device, config.dtype)  # a device this machine lacks fails here, before any work
     check_launch(config)
     return RunContext(
@@ -62,6 +79,7 @@ def prepare_run(config: PipelineConfig) -> RunContext:
         constitution_sha=constitution.sha, prompts=config.prompts,
         policy_model=config.policy_model, judge=config.judge, policy_engine=config.policy_engine,
         device=config.device, dtype=config.dtype, train=config.train,
+        mlflow_tracking_uri=config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
     )
 
 
@@ -107,18 +125,6 @@ def judge_gate(cfg, feedback) -> None:
 
 
 @task
-def collected_parts(ctx: RunContext) -> dict[str, list[str]]:
-    """Every run's parts of this constitution, for the weekly retraining."""
-    store = Store(ctx.data)
-    parts = {t: [str(p) for p in store.parts(t, ctx.constitution_sha)]
-             for t in ("preferences", "responses", "critiques")}
-    if not parts["preferences"]:
-        raise RunError(f"no preferences collected yet for constitution {ctx.constitution_path} "
-                       f"(sha {ctx.constitution_sha[:12]}) under {ctx.data}; run the feedback flow first")
-    return parts
-
-
-@task
 def locate_run(ctx: RunContext, policy: str | None, reward_model: str | None) -> tuple[RunContext, str, str]:
     """The policy and reward model to evaluate (the run's own by default), and the reference:
     what PPO started from (the SFT model, if any), read from the policy's lineage."""
@@ -135,8 +141,9 @@ def locate_run(ctx: RunContext, policy: str | None, reward_model: str | None) ->
 
 @flow(name="rlaif-feedback-collection", log_prints=True)
 def feedback_pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
-    """Generate and label only (stages 1-2): the nightly collection job."""
-    ctx = prepare_run(config)
+    """Generate and label only (stages 1-2): the nightly collection job. It samples the
+    constitution's champion (the base model until one is promoted)."""
+    ctx = sample_champion(prepare_run(config))
     return finish(ctx, collect_stages(ctx, config))
 
 
@@ -152,12 +159,17 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
 
 @flow(name="rlaif-training", log_prints=True)
 def training_pipeline(config: PipelineConfig = PipelineConfig()) -> RunResult:
-    """[SFT ->] reward model -> PPO -> evaluate on everything collected so far for this
-    constitution (every run's parts): the weekly retraining job."""
-    ctx = prepare_run(config)
-    parts = collected_parts(ctx)
-    ctx, stages = train_stages(ctx, config, Stages(), parts["preferences"], parts["responses"], parts["critiques"])
-    return finish(ctx, stages)
+    """The weekly retraining job: from the constitution's champion (the base model until one
+    is promoted), [SFT ->] reward model -> PPO on the preferences collected on its samples
+    (--promotion.train-on all: every run's), evaluated against the champion; the promotion
+    gate then makes the new policy champion or records why not."""
+    champion = sample_champion(prepare_run(config))
+    parts = collected_parts(champion, config.promotion.train_on)
+    ctx, stages = train_stages(champion, config, Stages(), parts["preferences"], parts["responses"],
+                               parts["critiques"], eval_reference=champion)
+    promotion = promotion_gate(champion, stages, config.promotion)
+    track_stage(champion, "promotion", promotion, config.promotion)
+    return finish(ctx, stages.model_copy(update={"promotion": promotion}))
 
 
 @flow(name="rlaif-evaluation", log_prints=True)
@@ -186,20 +198,24 @@ def collect_stages(ctx: RunContext, config: PipelineConfig) -> Stages:
 
 
 def train_stages(ctx: RunContext, config: PipelineConfig, stages: Stages, preferences: list[str],
-                 responses: list[str], critiques: list[str]) -> tuple[RunContext, Stages]:
-    """[SFT ->] reward model -> PPO -> evaluate, added to `stages`."""
+                 responses: list[str], critiques: list[str],
+                 eval_reference: RunContext | None = None) -> tuple[RunContext, Stages]:
+    """[SFT ->] reward model -> PPO -> evaluate, added to `stages`. The evaluation's reference is
+    what PPO started from, or `eval_reference`'s policy (the training flow's champion)."""
     sft = None
     if config.sft.enabled:  # SL-CAI: later stages start from (and stay near) the SFT model
         sft = sft_flow(ctx, critiques, config.sft)
         ctx = ctx.model_copy(update={"policy_model": sft.policy})
     reward = reward_flow(ctx, preferences, responses, config.reward)
     ppo = ppo_flow(ctx, reward.reward_model, config.ppo, config.feedback)
-    evaluation = evaluate_flow(ctx, ppo.policy, reward.reward_model, config.eval)
+    evaluation = evaluate_flow(ctx if eval_reference is None else ctx.model_copy(
+        update={"policy_model": eval_reference.policy_model}), ppo.policy, reward.reward_model, config.eval)
     return ctx, stages.model_copy(update={"sft": sft, "reward": reward, "ppo": ppo, "evaluate": evaluation})
 
 
 def finish(ctx: RunContext, stages: Stages, report_name: str = "report.md") -> RunResult:
     report = write_report(ctx, stages, report_name)
+    track_report(ctx, report)
     return RunResult(run_id=ctx.run_id, constitution_sha=ctx.constitution_sha, data=str(Path(ctx.data).resolve()),
                      checkpoints=str(ctx.layout.checkpoints.resolve()), report=str(Path(report).resolve()),
                      stages=stages, headline=headline(stages))

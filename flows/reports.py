@@ -225,7 +225,20 @@ def verdict(stages: Stages) -> list[str]:
     if few:
         flags.append(f"{len(few)} headline figures rest on fewer than {FEW} samples (marked below)")
     lines += ["", "**Flagged:** " + ("; ".join(flags) + "." if flags else "nothing."), ""]
+    if stages.promotion is not None:
+        lines += [f"**Promotion gate:** {gate_line(stages.promotion)}", ""]
     return lines
+
+
+def gate_line(r) -> str:
+    """The promotion gate's verdict (a PromotionResult) in one line."""
+    verb = "promoted to champion" if r.status == "champion" else r.status
+    return f"candidate `{r.policy_id}` (trained from `{r.parent_id}`): {verb}: {r.reason}"
+
+
+def gate_markdown(r) -> str:
+    return "\n".join(["## Promotion gate", "", gate_line(r), "", "| check | passed | detail |", "|---|---|---|",
+                      *[f"| {c['check']} | {'yes' if c['passed'] else '**no**'} | {c['detail']} |" for c in r.checks]])
 
 
 def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> list[str]:
@@ -245,6 +258,8 @@ def report_markdown(ctx: RunContext, constitution_name: str, stages: Stages) -> 
     for name, result in stages.ran().items():
         paths = {k: v for k, v in result.model_dump().items() if isinstance(v, str)}
         lines += ["", f"## {name}", ""]
+        if name == "promotion":
+            lines += [gate_markdown(result).split("\n", 2)[2], ""]
         if name == "evaluate":
             lines += [probes_markdown(pd.DataFrame(result.probes), final_only=False), ""]
             if result.curve:

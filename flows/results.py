@@ -89,6 +89,19 @@ class EvalResult(StageResult):
     """The `matches` part written: the ladder's policy-against-policy judgements."""
 
 
+class PromotionResult(StageResult):
+    """The promotion gate's verdict on the run's policy (flows.policies.promotion_gate)."""
+
+    policy_id: str
+    parent_id: str
+    """The champion it was trained from and evaluated against ("base": the base model)."""
+    status: str
+    """Its status in the registry after the gate: champion or rejected."""
+    reason: str
+    checks: list[dict] = []
+    """Each check of the gate (evaluation.gate): check, passed, detail."""
+
+
 class Stages(BaseModel):
     """The stages a flow ran; those it did not run are None."""
 
@@ -100,6 +113,7 @@ class Stages(BaseModel):
     reward: RewardResult | None = None
     ppo: PPOResult | None = None
     evaluate: EvalResult | None = None
+    promotion: PromotionResult | None = None
 
     def ran(self) -> dict[str, StageResult]:
         return {name: r for name in type(self).model_fields if (r := getattr(self, name)) is not None}

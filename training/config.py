@@ -3,11 +3,14 @@ documented once. Pydantic only: no torch, so the CLI's --help stays light."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rlaif.config import Sampling, StageConfig, Trainable
+
+SHIPPED_ACCELERATE_CONFIGS = Path(__file__).parent / "accelerate"  # the only ones a deployment may name by default
 
 
 class DistributedConfig(StageConfig):

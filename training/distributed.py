@@ -25,6 +25,7 @@ import importlib
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import traceback
@@ -160,7 +161,12 @@ def launch(target: str, kwargs: dict, cfg: DistributedConfig, runtime: Runtime, 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(cfg.num_processes)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_root()), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([*cmd, "-m", "training.distributed", str(folder)], env=env)
+    proc = subprocess.Popen([*_ending_with_this_process(), *cmd, "-m", "training.distributed", str(folder)], env=env)
+    try:
+        proc.wait()
+    except BaseException:  # a cancelled flow run (Prefect raises TerminationSignal on SIGTERM), Ctrl-C
+        stop_launcher(proc)
+        raise
     errors = sorted(folder.glob("error-rank*.txt"))
     if proc.returncode != 0 or errors:
         if errors:
@@ -184,8 +190,70 @@ def _root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+# ---------------------------------------------------------------- no rank outlives its launch
+#
+# torchrun starts each rank in a session of its own, so neither a signal to the flow's process
+# group nor the death of torchrun reaches the ranks: a cancelled or killed flow run would leave
+# them training, writing PPO's checkpoint under a rerun's feet. Three links close that:
+# - the flow's process, interrupted while it waits (SIGTERM -> Prefect's TerminationSignal,
+#   Ctrl-C), stops the launcher first: SIGTERM, which torchrun passes on to every rank's group;
+# - the launcher gets SIGTERM from the kernel when the flow's process dies, however it dies
+#   (SIGKILL included: the runner's kill after its grace period, the OOM killer);
+# - each rank gets SIGKILL from the kernel when its launcher dies.
+# (Linux: prctl's PR_SET_PDEATHSIG; elsewhere only the first link holds.)
+
+STOP_GRACE_S = 15  # for torchrun to stop its ranks; under the 30 s a Prefect runner waits before SIGKILL
+_LAUNCHER_PID = "RLAIF_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
+
+# Run as `python -c _EXEC_DYING_WITH_PARENT PARENT_PID PROGRAM ARGS...`: arm the parent-death signal,
+# give up if the parent is already gone, then exec the launcher (the signal survives exec).
+_EXEC_DYING_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(143)\n"
+    f"os.environ[{_LAUNCHER_PID!r}] = str(os.getpid())\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _ending_with_this_process() -> list[str]:
+    """The launcher's command prefix that makes it end with this process (Linux), else none."""
+    if not sys.platform.startswith("linux"):
+        return []
+    return [sys.executable, "-c", _EXEC_DYING_WITH_PARENT, str(os.getpid())]
+
+
+def stop_launcher(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the launcher (torchrun then stops its ranks and exits), SIGKILL it after `grace`
+    seconds (its ranks die with it)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _die_with_launcher() -> None:
+    """In a rank: SIGKILL from the kernel when the launcher dies; exit now if it already has."""
+    launcher = os.environ.get(_LAUNCHER_PID)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        os.kill(int(launcher), 0)
+    except ProcessLookupError:
+        raise SystemExit(f"rank of launcher {launcher}: the launcher is gone") from None
+
+
 def main(folder: str) -> None:
     """One rank: run the stage the spec names, under an Accelerator on this rank's device."""
+    _die_with_launcher()
     from accelerate import Accelerator
 
     folder = Path(folder)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.config import PromotionConfig
 from flows.config import PipelineConfig
 from rlaif.store import LINEAGE_COLUMNS, TABLES, Store
 
@@ -38,7 +39,8 @@ def pipeline_run(prefect_harness, tiny_model_dir, tmp_path_factory):
 def test_every_table_has_rows_with_lineage(pipeline_run):
     data, result = pipeline_run
     store = Store(data)
-    for table in set(TABLES) - {"preference_shards"}:  # labelled in one shard: no scratch parts
+    # labelled in one shard: no scratch parts; the registry is the training flow's (the service loop test)
+    for table in set(TABLES) - {"preference_shards", "policies"}:
         df = store.read(table)
         assert len(df) > 0, table
         for col in LINEAGE_COLUMNS:
@@ -127,8 +129,10 @@ def test_outputs_report_and_artifacts(pipeline_run):
     assert ("ppo-progress", "PPO steps: 2/2", 100.0) in progress
     assert "Ladder of policies" in arts["evaluate-summary"].data and "| rank | policy | PPO step |" in report
     assert ("generate-progress", "Responses generated: 20/20", 100.0) in progress
-    ranked = json.loads(arts["feedback-rankings"].data) if isinstance(arts["feedback-rankings"].data, str) \
-        else arts["feedback-rankings"].data
+    # this run's: the feedback flow run its `rankings` rows name (other modules' runs publish the same key)
+    mine = set(Store(data).read("rankings", run_id="tiny-run")["flow_run_id"])
+    ranking = next(a for a in everything if a.key == "feedback-rankings" and str(a.flow_run_id) in mine)
+    ranked = json.loads(ranking.data) if isinstance(ranking.data, str) else ranking.data
     assert len(ranked) == 12 and {"prompt", "rank", "response", "bt_strength", "elo", "wins"} <= set(ranked[0])
 
 
@@ -250,22 +254,70 @@ def test_a_tournament_reward_stores_its_judged_pairs_with_lineage(pipeline_run, 
     assert "ppo/value_loss" not in set(metrics["metric"])
 
 
-def test_training_flow_uses_every_collected_preference(pipeline_run, tiny_model_dir, tmp_path):
-    """The weekly job: reward model -> PPO -> eval on all runs' preferences for the constitution."""
+@pytest.mark.slow  # ~2.5 min; the loop against a real server is tests/system/test_service_loop.py
+def test_the_service_loop_samples_the_champion_and_gates_each_candidate(prefect_harness, peaked_tiny_model_dir,
+                                                                        tmp_path, capsys):
+    """Two cycles of nightly feedback and weekly training. The first week trains from the base
+    model on the night's labels and its candidate, let through by an open gate, becomes
+    champion. The next night samples that champion (the rows' lineage says so); the second week
+    trains from it on that night's labels only and, held to a gate no candidate can pass, is
+    rejected with its reason while the champion stays. A rollback sends the next night back to
+    the base model. (The peaked tiny model and a large learning rate make PPO move the policy,
+    so its held-out answers differ from the champion's and the judge has pairs to compare.)"""
     from flows.pipeline import feedback_pipeline, training_pipeline
+    from flows.cli import policies
+    from flows.policies import cli_lineage, export_policy
+    from rlaif.registry import Registry
 
-    data, first = pipeline_run
-    cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": str(tiny_model_dir),
-                                         "judge": {"model": str(tiny_model_dir)}, "run_id": "night-2", **TINY,
-                                         "sft": {"enabled": False}})
-    night = feedback_pipeline(cfg)  # a second night's labels next to tiny-run's
+    data, base = tmp_path / "data", str(peaked_tiny_model_dir)
+    cfg = PipelineConfig.model_validate({"data": str(data), "policy_model": base, "judge": {"model": base},
+                                         "run_id": "night-1", **TINY, "sft": {"enabled": False},
+                                         "ppo": {**TINY["ppo"], "lr": 1e-3}})
+    night = feedback_pipeline(cfg)
     assert set(night.stages.ran()) == {"generate", "feedback"}
-    result = training_pipeline(cfg.model_copy(update={"run_id": "weekly"}))
-    assert set(result.stages.ran()) == {"reward", "ppo", "evaluate"}
-    parts = sorted(str(p) for p in Store(data).parts("preferences", first.constitution_sha))
-    assert len(parts) >= 2
-    lineage = json.loads((Path(result.checkpoints) / "reward_model" / "lineage.json").read_text())
-    assert sorted(i for i in lineage["inputs"] if "/preferences/" in i) == parts
+    sha = night.constitution_sha
+    open_gate = PromotionConfig(min_win_rate=0.0, probes=(), overoptimisation=False)
+    week = training_pipeline(cfg.model_copy(update={"run_id": "week-1", "promotion": open_gate}))
+    assert set(week.stages.ran()) == {"reward", "ppo", "evaluate", "promotion"}
+    lineage = json.loads((Path(week.checkpoints) / "reward_model" / "lineage.json").read_text())
+    assert [i for i in lineage["inputs"] if "/preferences/" in i] == [night.stages.feedback.preferences]
+    gate = week.stages.promotion
+    assert (gate.policy_id, gate.parent_id, gate.status) == ("week-1", "base", "champion"), gate.reason
+    assert "promoted to champion" in Path(week.report).read_text()
+    registry = Registry(data)
+    champion = registry.champion(sha, base)
+    assert champion.policy_id == "week-1" and champion.checkpoint == str(Path(week.stages.ppo.policy).resolve())
+    assert champion.metrics["eval/compared"] == week.stages.evaluate.metrics["eval/compared"] > 0
+
+    # cycle 2: the night samples the champion; the week trains on that night only, from it
+    night2 = feedback_pipeline(cfg.model_copy(update={"run_id": "night-2"}))
+    responses = Store(data).read("responses", run_id="night-2")
+    assert set(responses["policy_model"]) == {champion.checkpoint}
+    shut = PromotionConfig(min_win_rate=1.0)
+    week2 = training_pipeline(cfg.model_copy(update={"run_id": "week-2", "promotion": shut}))
+    lineage = json.loads((Path(week2.checkpoints) / "reward_model" / "lineage.json").read_text())
+    assert [i for i in lineage["inputs"] if "/preferences/" in i] == [night2.stages.feedback.preferences]
+    assert json.loads((Path(week2.stages.ppo.policy) / "lineage.json").read_text())["policy_model"] == champion.checkpoint
+    gate2 = week2.stages.promotion
+    assert (gate2.parent_id, gate2.status) == ("week-1", "rejected") and gate2.reason.startswith("win rate")
+    assert registry.champion(sha, base).policy_id == "week-1"
+    assert {p.policy_id: p.status for p in registry.policies(sha)} == {"week-1": "champion", "week-2": "rejected"}
+    # the same run id again: its decision stands, nothing is registered twice
+    again = training_pipeline(cfg.model_copy(update={"run_id": "week-2", "promotion": open_gate}))
+    assert again.stages.promotion.status == "rejected" and len(registry.events(sha)) == 4
+    # the lineage as `rlaif policies` lists it, and the champion's model card
+    policies(data=str(data))
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed["week-1"].split()[1:3] == ["base", "champion"] and "week-2" in listed
+    assert listed["week-2"].split()[1:3] == ["week-1", "rejected"] and gate2.reason[:30] in listed["week-2"]
+    pairs = json.loads((Path(week.checkpoints) / "reward_model" / "lineage.json").read_text())["preference_pair_ids"]
+    card = (export_policy(data, "week-1", tmp_path / "export") / "README.md").read_text()
+    assert f"| `week-1` | `base` | champion | {len(pairs)}: `night-1` {len(pairs)} |" in card, [l for l in card.splitlines() if l.startswith("|")]
+
+    # a rollback: the next night samples the base model again
+    registry.rollback(sha, base, "test", cli_lineage(sha))
+    feedback_pipeline(cfg.model_copy(update={"run_id": "night-3"}))
+    assert set(Store(data).read("responses", run_id="night-3")["policy_model"]) == {base}
     empty = cfg.model_copy(update={"data": str(tmp_path / "empty"), "run_id": "weekly-empty"})
     with pytest.raises(ValueError, match="no preferences collected yet.*run the feedback flow first"):
         training_pipeline(empty)

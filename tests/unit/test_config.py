@@ -77,3 +77,19 @@ def test_training_across_processes_refuses_what_it_cannot_honour(tmp_path):
         check_launch(PipelineConfig.model_validate({"train": {"accelerate_config": "nope.yaml"}}))
     with pytest.raises(ValidationError, match="num_processes"):
         PipelineConfig.model_validate({"train": {"num_processes": 0}})
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "a/b", ".hidden", "", "x" * 129])
+def test_a_run_id_that_is_not_a_plain_folder_name_is_refused(run_id):
+    """The run id names folders under the data root (checkpoints, reports), and a deployment
+    run takes it from whoever reaches the Prefect API: no path may escape the root."""
+    with pytest.raises(ValidationError, match="run_id"):
+        PipelineConfig(run_id=run_id)
+    assert PipelineConfig(run_id="20261203T071000-abc123.retry_2").run_id == "20261203T071000-abc123.retry_2"
+
+
+def test_the_promotion_gate_settings_are_checked():
+    with pytest.raises(ValidationError, match="min_win_rate"):
+        PipelineConfig.model_validate({"promotion": {"min_win_rate": 1.5}})
+    with pytest.raises(ValidationError, match="probes"):
+        PipelineConfig.model_validate({"promotion": {"probes": ["length"]}})  # length has no worse side

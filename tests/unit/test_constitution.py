@@ -161,7 +161,8 @@ def test_a_deployment_reads_constitutions_only_from_allowed_folders(tmp_path, mo
     monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "6f1b0c3e-0000-4000-8000-000000000001")
     monkeypatch.setenv("RLAIF_CONSTITUTION_DIRS", str(allowed))
     for path in (outside, allowed / "linked.yaml", allowed / ".." / "mine.yaml"):  # symlinks and .. resolved
-        with pytest.raises(ConstitutionError, match="outside the folders a deployment may read constitutions from"):
+        with pytest.raises(ConstitutionError, match=r"constitution: .* is outside the folders a deployment may read it "
+                                                    r"from \(.*\); add its folder to RLAIF_CONSTITUTION_DIRS"):
             prepare_run(cfg.model_copy(update={"constitution": str(path)}))
     prepare_run(cfg.model_copy(update={"constitution": "concise"}))  # shipped
     (allowed / "mine.yaml").write_text(outside.read_text())

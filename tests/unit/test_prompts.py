@@ -1,3 +1,5 @@
+import json
+import shutil
 import warnings
 
 import pandas as pd
@@ -88,3 +90,61 @@ def test_rows_without_a_split_column_are_checked_by_prompt_id():
     with pytest.raises(AssertionError, match=r"sft: received 1 rows of held-out eval prompts"):
         assert_no_eval(critiques, "sft", held_out)
     assert_no_eval(critiques.iloc[:1], "sft", held_out)  # train prompts only: fine
+
+
+def test_a_deployment_reads_prompts_and_other_input_files_only_from_allowed_folders(tmp_path, monkeypatch,
+                                                                                    tiny_model_dir):
+    """A local command line may name any file; a deployment run, whose parameters anyone who
+    can reach the Prefect API may set, reads prompts, human-labelled pairs, refusal patterns
+    and accelerate configs only from the shipped folders and RLAIF_INPUT_DIRS, and is refused
+    before any model work."""
+    from evaluation.probes import ProbeError
+    from flows.config import PipelineConfig, RunError
+    from flows.pipeline import prepare_run
+    from judges.human_eval import PairsFileError
+    from rlaif.prompts import default_prompts_path
+    from training.config import SHIPPED_ACCELERATE_CONFIGS
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    pd.DataFrame({"prompt": [f"question number {i}?" for i in range(40)]}).to_csv(mine / "prompts.csv", index=False)
+    (mine / "human.jsonl").write_text('{"chosen": "\\n\\nHuman: Hi?\\n\\nAssistant: Hello.", '
+                                      '"rejected": "\\n\\nHuman: Hi?\\n\\nAssistant: No."}\n')
+    (mine / "refusals.txt").write_text("^I will not\n")
+    (mine / "accelerate.yaml").write_text("num_processes: 1\n")
+    files = {"prompts": (mine / "prompts.csv", PromptError),
+             "feedback.calibration": (mine / "human.jsonl", PairsFileError),
+             "eval.refusal_patterns": (mine / "refusals.txt", ProbeError),
+             "train.accelerate_config": (mine / "accelerate.yaml", RunError)}
+    base = {"data": str(tmp_path / "data"), "policy_model": str(tiny_model_dir),
+            "judge": {"model": str(tiny_model_dir)}}
+
+    def config(**paths) -> PipelineConfig:
+        settings = json.loads(json.dumps(base))
+        for parameter, path in paths.items():
+            *outer, field = parameter.split(".")
+            (settings.setdefault(outer[0], {}) if outer else settings)[field] = str(path)
+        return PipelineConfig.model_validate(settings)
+
+    everything = config(**{p: path for p, (path, _) in files.items()})
+    prepare_run(everything)  # a local run: any file
+    shutil.rmtree(tmp_path / "data")  # a refused run creates none
+
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "6f1b0c3e-0000-4000-8000-000000000002")
+    monkeypatch.delenv("RLAIF_INPUT_DIRS", raising=False)
+    with monkeypatch.context() as m:  # no model is loaded before the refusal
+        def no_model_work(name):
+            raise AssertionError(f"model work began: {name}")
+        m.setattr("flows.pipeline.resolve_model", no_model_work)
+        m.setattr("flows.pipeline.load_tokenizer", no_model_work)
+        for parameter, (path, error) in files.items():
+            with pytest.raises(error, match=rf"^{parameter}: {path} is outside the folders a deployment may read it "
+                                            r"from \(.*\); add its folder to RLAIF_INPUT_DIRS where the flow runs$"):
+                prepare_run(config(**{parameter: path}))
+        assert not (tmp_path / "data").exists()
+        # the shipped prompts and accelerate configs pass the check (and the run goes on to its models)
+        with pytest.raises(AssertionError, match="model work began"):
+            prepare_run(config(prompts=default_prompts_path(),
+                               **{"train.accelerate_config": SHIPPED_ACCELERATE_CONFIGS / "one-process.yaml"}))
+    monkeypatch.setenv("RLAIF_INPUT_DIRS", str(mine))
+    prepare_run(everything)

@@ -1,6 +1,8 @@
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -177,3 +179,87 @@ def test_a_version_3_eval_part_reads_its_renamed_columns_under_their_new_names(t
     df = store.read("eval")
     assert df["policy_adherence"].tolist() == [0.5, -0.5]
     assert df["policy_kl_k1"].tolist() == [0.3, -0.1] and df["policy_kl"].isna().all()  # not the exact KL
+
+
+def test_a_temporary_is_stale_when_its_writer_is_gone_or_it_is_older_than_the_bound(tmp_path, monkeypatch):
+    from rlaif.io import _host, is_stale, temp_path
+
+    def temp(name: str, age_h: float = 0.0) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"PAR1")
+        os.utime(path, (time.time() - age_h * 3600,) * 2)
+        return path
+
+    mine = temp(temp_path(tmp_path / "part-a.parquet").name)  # this live process's
+    gone = subprocess.run([sys.executable, "-c", "from rlaif.io import temp_path; print(temp_path('part-b.parquet'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # a process that has exited
+    host, pid, start, _ = mine.name.split(".tmp-")[1].split("~")
+    assert not is_stale(mine)
+    assert is_stale(temp(gone))
+    assert is_stale(temp(f".part-c.parquet.tmp-{host}~{pid}~{int(start) - 3600}~0"))  # the pid reused by another
+    assert is_stale(temp(mine.name, age_h=25))  # a live writer, but past the bound
+    assert not is_stale(temp(f".part-d.parquet.tmp-{_host()}x~{pid}~{start}~0"))  # another host: only its age tells
+    assert is_stale(temp(f".part-d.parquet.tmp-{_host()}x~{pid}~{start}~0", age_h=25))
+    assert not is_stale(temp(".part-e.parquet.tmp-0123abcd", age_h=23))  # named before writers were: age only
+    assert is_stale(temp(".part-e.parquet.tmp-0123abcd", age_h=25))
+    for name in ("part-f.parquet", ".cache", ".launch"):  # not temporaries, however old
+        assert not is_stale(temp(name, age_h=1000))
+    # a folder (rlaif.io.write_dir_atomic) goes whole; a live writer's stays
+    run = tmp_path / "checkpoints" / "abc" / "run"
+    dead, alive = run / f".policy.tmp-{gone.split('.tmp-')[1]}", run / f".sft.tmp-{host}~{pid}~{start}~x"
+    for d in (dead, alive):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "model.safetensors").write_bytes(b"w")
+    os.utime(mine)  # young again
+    swept = Store(tmp_path).sweep_stale()
+    assert dead in swept and not dead.exists() and alive.exists() and mine not in swept
+    assert not [p for p in swept if dead in p.parents]
+    monkeypatch.setenv("RLAIF_STALE_TEMP_HOURS", "0.5")  # the bound is the operator's
+    assert is_stale(temp(f".part-d.parquet.tmp-{_host()}x~{pid}~{start}~0", age_h=1))
+    assert not is_stale(temp(mine.name, age_h=0.25))
+
+
+WRITER = textwrap.dedent(f"""
+    import sys
+    from unittest import mock
+    import pyarrow.parquet as pq
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from rlaif.store import Store
+    from test_store import lineage, responses
+    real = pq.write_table
+    def write_then_wait(table, where, **kw):
+        real(table, where, **kw)  # the whole temporary part is on disk, not yet renamed into place
+        print(where, flush=True)
+        sys.stdin.readline()  # until the test says go on
+    with mock.patch.object(pq, "write_table", write_then_wait):
+        Store(sys.argv[1]).write("responses", responses(3, sys.argv[2]), key=sys.argv[2], lineage=lineage())
+""")
+
+
+def test_a_sweep_removes_a_killed_writers_temporary_and_never_a_live_writers(tmp_path):
+    """Two real writers: one SIGKILLed mid-write, one alive and still writing. The sweep takes
+    the first's temporary part only; the second then finishes its part; readers see neither."""
+    store = Store(tmp_path)
+    store.write("responses", responses(2, "done"), key="done", lineage=lineage())
+    killed, live = (subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE) for tag in ("killed", "live"))
+    try:
+        temps = {w.pid: Path(w.stdout.readline().strip()) for w in (killed, live)}
+        assert all(t.name.startswith(".part-") and t.exists() for t in temps.values())
+        killed.kill()
+        os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped yet: a zombie still has its pid
+        assert store.sweep_stale() == [temps[killed.pid]]
+        assert not temps[killed.pid].exists() and temps[live.pid].exists()
+        assert store.read("responses")["response"].tolist() == ["done 0", "done 1"]  # no temporary is read
+        assert len(pd.read_parquet(tmp_path / "responses")) == 2
+        live.stdin.write("go on\n")
+        live.stdin.flush()
+        assert live.wait(timeout=60) == 0
+    finally:
+        for w in (killed, live):
+            w.kill()
+            w.wait()
+    assert not temps[live.pid].exists()
+    assert sorted(store.read("responses")["response"]) == ["done 0", "done 1", "live 0", "live 1", "live 2"]
+    assert len(pd.read_parquet(tmp_path / "responses")) == 5
+    assert store.sweep_stale() == [] and not list(tmp_path.rglob(".*"))
