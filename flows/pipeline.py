@@ -50,6 +50,8 @@ def prepare_run(config: PipelineConfig) -> RunContext:
                 ("train.accelerate_config", config.train.accelerate_config, [SHIPPED_ACCELERATE_CONFIGS], RunError)):
             if path:
                 check_input(path, parameter=parameter, env=INPUT_DIRS_ENV, shipped=shipped, error=error)
+        # nor may they pick what the worker sends where: its environment's secrets, its tracking
+        check_deployment_parameters(config)
     constitution = load_constitution(config.constitution)
     load_prompts(config.prompts, split="train")
     load_prompts(config.prompts, split="eval")
@@ -81,6 +83,20 @@ def prepare_run(config: PipelineConfig) -> RunContext:
         device=config.device, dtype=config.dtype, train=config.train,
         mlflow_tracking_uri=config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
     )
+
+
+def check_deployment_parameters(config: PipelineConfig) -> None:
+    """What a run's parameters may not choose when they come through the Prefect API: which of
+    the worker's environment variables is sent as a judge's API key (only RLAIF_* ones), and
+    where the worker logs its runs (MLFLOW_TRACKING_URI where it runs, not a parameter)."""
+    for who, engine in (("judge", config.judge.engine), ("policy-engine", config.policy_engine)):
+        env = getattr(engine, "api_key_env", None)
+        if env and not env.startswith("RLAIF_"):
+            raise RunError(f"{who}.engine.api-key-env {env!r}: a deployment run may send only an RLAIF_* variable "
+                           "of the worker's environment as an API key; name the key RLAIF_... where the flow runs")
+    if config.mlflow_tracking_uri:
+        raise RunError("--mlflow-tracking-uri: a deployment run logs where MLFLOW_TRACKING_URI points on the "
+                       "machine that runs it; its parameters may not choose another destination")
 
 
 def check_launch(config: PipelineConfig) -> None:

@@ -148,3 +148,21 @@ def test_a_deployment_reads_prompts_and_other_input_files_only_from_allowed_fold
                                **{"train.accelerate_config": SHIPPED_ACCELERATE_CONFIGS / "one-process.yaml"}))
     monkeypatch.setenv("RLAIF_INPUT_DIRS", str(mine))
     prepare_run(everything)
+
+
+def test_a_deployment_may_not_choose_the_judges_key_variable_or_the_tracking_destination(tmp_path, monkeypatch):
+    """Through the Prefect API, a parameter naming any environment variable as the judge's API
+    key (sent to a base URL the same parameters choose) would leak the worker's secrets; one
+    choosing the MLflow URI would send the run's data anywhere. Both are refused; a local run
+    may set either."""
+    from flows.config import PipelineConfig, RunError
+    from flows.pipeline import check_deployment_parameters
+
+    leak = PipelineConfig.model_validate({"judge": {"engine": {"kind": "openai", "base_url": "http://evil:1/v1",
+                                                               "api_key_env": "AWS_SECRET_ACCESS_KEY"}}})
+    with pytest.raises(RunError, match="judge.engine.api-key-env 'AWS_SECRET_ACCESS_KEY'"):
+        check_deployment_parameters(leak)
+    with pytest.raises(RunError, match="--mlflow-tracking-uri"):
+        check_deployment_parameters(PipelineConfig(mlflow_tracking_uri="http://evil:5000"))
+    check_deployment_parameters(PipelineConfig.model_validate(
+        {"judge": {"engine": {"kind": "openai", "api_key_env": "RLAIF_JUDGE_API_KEY"}}}))
