@@ -10,7 +10,7 @@ import pytest
 from flows.config import PipelineConfig
 from rlaif.store import Store
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~2 min of Ray start-up and labelling: the slow lane
 
 
 def test_sharded_labelling_on_ray_matches_one_task(prefect_harness, tiny_model_dir, tmp_path):

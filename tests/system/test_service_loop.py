@@ -22,7 +22,9 @@ from constitution import load_constitution
 from rlaif.registry import BASE, Registry
 from rlaif.store import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
+# slow, not `server`: `make test-vllm` reruns the server tests next to vLLM to check Prefect's server
+# there, which test_serve.py does in a minute; this one takes ~6 minutes and is the slow lane's
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
